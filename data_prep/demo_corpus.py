@@ -1,0 +1,430 @@
+"""Build a real multi-way parallel demo corpus offline from software translation catalogs.
+
+    python -m data_prep.demo_corpus --out CORPUS [--source libreoffice|django|auto]
+        [--langs deu_Latn fra_Latn ...] [--cache DIR] [--max-train-per-lang N] [--overwrite]
+
+The text is human translation of user-interface messages (English msgid -> translated
+msgstr): LibreOffice's UI catalogs from Debian's ``libreoffice-l10n-<locale>`` packages
+(``apt-get download`` into the cache, then ``dpkg-deb -x``), or, with no apt, the catalogs that
+ship inside the installed ``django`` package. ``--source auto`` tries LibreOffice first.
+
+Choices (see also data_prep.clean):
+* strings: accelerator markers and HTML tags removed, whitespace collapsed; a message is
+  dropped when its translation is empty, identical to the English, or has other placeholders
+  than the English; English strings without words (``%1``, ``<=``) are dropped; plural
+  messages contribute their singular form. Placeholders are kept verbatim.
+* one translation per English string and language: the most frequent across catalogs and
+  contexts, ties broken by the smallest string (deterministic).
+* splits by a hash of the normalised English key (data_prep.clean.split_key), so a string,
+  all its translations and its near-variants always share a split. valid and test take
+  ``--eval-size`` strings each (at most a quarter of the multi-way pool) among those
+  translated into every chosen language; strings of an eval key that are not multi-way are
+  held out of train too. Everything else is train, per language, so train sizes differ.
+* manifest.json's ``cleaning`` counts the length/ratio checks per split and pair; the catalog
+  level drops (identical, placeholders, no words, empty) are in the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep import clean
+from data_prep.import_corpus import ArgParser
+from data_prep.manifest import (LineWriter, add_input, add_pair, atomic_dir, check_writable,
+                                new_manifest, pair_name, write_manifest)
+from data_prep.readers import read_mo
+from nmt.errors import UserError, exit_on_user_error
+from nmt.langs import ALIASES, ENGLISH, is_flores, normalize_lang
+
+# Ten languages in eight scripts with a natural imbalance in LibreOffice 7.4 (unique English
+# strings kept: ~17.5k for de/fr/es/ru/zh/el, ~15k ja, ~13k ar, ~10k he, ~7k hi; ~6k multi-way).
+DEFAULT_LANGS = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "zho_Hans", "jpn_Jpan",
+                 "ell_Grek", "heb_Hebr", "arb_Arab", "hin_Deva")
+EVAL_SIZE = 500
+LO_PREFIX = "libreoffice-l10n-"
+LO_RESOURCES = "usr/lib/libreoffice/program/resource"
+# Locales whose Flores-200 code is not their ISO 639-1 alias.
+LOCALE_FLORES = {
+    "zh_CN": "zho_Hans", "zh_Hans": "zho_Hans", "zh_TW": "zho_Hant", "zh_Hant": "zho_Hant",
+    "pt_BR": "por_Latn", "pa_IN": "pan_Guru", "gug": "grn_Latn", "kmr": "kmr_Latn",
+    "kmr_Latn": "kmr_Latn", "szl": "szl_Latn", "nso": "nso_Latn", "ckb": "ckb_Arab",
+    "ss": "ssw_Latn", "sr": "srp_Cyrl", "sr_Cyrl": "srp_Cyrl",
+}
+# When several locales map to one code: Flores' Portuguese is Brazilian; Bokmål over "no".
+PREFERRED = {"por_Latn": ("pt_BR", "pt"), "nob_Latn": ("nb", "no")}
+
+
+def normalize_locale(locale: str) -> str:
+    """``zh-cn`` (Debian package suffix) -> ``zh_CN``; ``sr-latn`` -> ``sr_Latn``."""
+    lang, _, region = locale.replace("-", "_").partition("_")
+    return f"{lang}_{region.upper() if len(region) == 2 else region.title()}" if region else lang
+
+
+def locale_to_flores(locale: str) -> str | None:
+    """``de`` -> ``deu_Latn``, ``zh-cn``/``zh_CN`` -> ``zho_Hans``; ``None`` when Flores-200 has
+    no code for it (regional or script variants such as ``en_GB``, ``sr@latin``, ``es_AR``)."""
+    loc = normalize_locale(locale)
+    lang, _, region = loc.partition("_")
+    if loc in LOCALE_FLORES:
+        return LOCALE_FLORES[loc]
+    if region or "@" in locale or lang == "en":
+        return None
+    code = ALIASES.get(lang)
+    return code if code and is_flores(code) else None
+
+
+def choose_locales(locales: list[str], langs: list[str], source: str) -> dict[str, str]:
+    """Map each wanted Flores code to one locale of the source; print what has no code."""
+    by_code: dict[str, list[str]] = defaultdict(list)
+    unmapped = []
+    for loc in sorted(locales):
+        code = locale_to_flores(loc)
+        (by_code[code].append(loc) if code else unmapped.append(loc))
+    if unmapped:
+        print(f"{source} locales without a Flores-200 code (not usable): {', '.join(unmapped)}")
+    chosen = {}
+    for code in langs:
+        if not by_code.get(code):
+            have = " ".join(sorted(by_code))
+            raise UserError(f"--langs {code}: {source} has no catalog for it; choose from: {have}")
+        pref = PREFERRED.get(code, ())
+        rank = {loc: pref.index(normalize_locale(loc)) if normalize_locale(loc) in pref else len(pref)
+                for loc in by_code[code]}
+        chosen[code] = min(by_code[code], key=lambda x: (rank[x], len(x), x))
+    return chosen
+
+
+@dataclass
+class Catalogs:
+    """Where the chosen languages' catalogs are, and the input files to record."""
+
+    source: str
+    files: dict[str, list[Path]]          # Flores code -> .mo files
+    locales: dict[str, str]               # Flores code -> locale
+    inputs: list[Path] = field(default_factory=list)
+    accelerators: bool = True             # strip ~ / _ markers (LibreOffice, not Django)
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"{' '.join(cmd[:2])} failed ({e}); use --source django") from None
+
+
+def libreoffice_catalogs(langs: list[str], cache: Path) -> Catalogs:
+    """Download (once) and unpack the LibreOffice UI translations of ``langs``."""
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise UserError("--source libreoffice needs apt-get and dpkg-deb (Debian/Ubuntu); "
+                        "use --source django instead")
+    cache = cache / "libreoffice"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{cache}: cannot create the download cache ({e.strerror}); pass --cache DIR") from None
+    root = os.geteuid() == 0
+    names = _run(["apt-cache", "pkgnames", LO_PREFIX]).stdout.split()
+    if not names and root:
+        print("package lists are missing: running apt-get update once")
+        _run(["apt-get", "update"])
+        names = _run(["apt-cache", "pkgnames", LO_PREFIX]).stdout.split()
+    if not names:
+        raise UserError(f"apt knows no {LO_PREFIX}* packages; run apt-get update as root "
+                        "or use --source django")
+    suffixes = [n[len(LO_PREFIX):] for n in names]
+    locales = choose_locales(suffixes, langs, "LibreOffice")
+    pkgs = {code: LO_PREFIX + suffix for code, suffix in locales.items()}
+    missing = [p for p in pkgs.values() if not any(cache.glob(f"{p}_*.deb"))]
+    if missing:
+        print(f"downloading {len(missing)} packages into {cache}: {' '.join(missing)}")
+        cmd = ["apt-get", "download", *(["-o", "APT::Sandbox::User=root"] if root else []), *missing]
+        r = _run(cmd, cwd=cache)
+        if r.returncode != 0 and root:  # stale lists name versions the mirror no longer has
+            print("apt-get download failed: running apt-get update once and retrying")
+            _run(["apt-get", "update"])
+            r = _run(cmd, cwd=cache)
+        if r.returncode != 0:
+            why = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"apt-get download failed ({why}); run apt-get update as root, check the "
+                            "network, or use --source django")
+    debs = {}
+    for code, pkg in pkgs.items():
+        got = sorted(cache.glob(f"{pkg}_*.deb"))
+        if not got:
+            raise UserError(f"apt-get download {pkg} left no {pkg}_*.deb in {cache}; use --source django")
+        debs[code] = got[-1]
+    files = {}
+    for code, deb in tqdm(debs.items(), desc="unpack", unit="pkg", disable=None):
+        tree = cache / deb.stem
+        if not tree.is_dir():
+            with atomic_dir(tree) as tmp:
+                r = _run(["dpkg-deb", "-x", str(deb), str(tmp)])
+                if r.returncode != 0:
+                    raise UserError(f"{deb}: dpkg-deb -x failed ({r.stderr.strip()}); delete the file "
+                                    "and run again to download it anew")
+        res = tree / LO_RESOURCES
+        dirs = [d for d in sorted(res.iterdir()) if locale_to_flores(d.name) == code] if res.is_dir() else []
+        files[code] = sorted(dirs[0].glob("LC_MESSAGES/*.mo")) if dirs else []
+        if not files[code]:
+            raise UserError(f"{deb}: no {LO_RESOURCES}/<locale>/LC_MESSAGES/*.mo for {code}; "
+                            "delete the file and its unpacked folder from the cache and run again")
+    versions = sorted({d.stem.split("_")[1].replace("%3a", ":") for d in debs.values()})
+    return Catalogs(f"LibreOffice UI, Debian {LO_PREFIX}* {', '.join(versions)}", files,
+                    locales, list(debs.values()))
+
+
+def django_catalogs(langs: list[str]) -> Catalogs:
+    """The .mo catalogs of the installed django package (core and contrib apps)."""
+    spec = importlib.util.find_spec("django")
+    if spec is None or not spec.origin:
+        raise UserError("--source django needs the django package: pip install django")
+    root = Path(spec.origin).parent
+    locale_dirs = [root / "conf" / "locale", *sorted(root.glob("contrib/*/locale"))]
+    found = sorted({d.name for base in locale_dirs if base.is_dir()
+                    for d in base.iterdir() if d.is_dir() and (d / "LC_MESSAGES").is_dir()})
+    locales = choose_locales(found, langs, "Django")
+    files = {code: sorted(f for base in locale_dirs for f in (base / loc / "LC_MESSAGES").glob("*.mo"))
+             for code, loc in locales.items()}
+    version = importlib.metadata.version("django")
+    return Catalogs(f"Django {version} catalogs", files, locales,
+                    [f for fs in files.values() for f in fs], accelerators=False)
+
+
+def extract(files: list[Path], accelerators: bool,
+            english: dict[str, tuple[str, bool, list[str]]] | None = None) -> tuple[dict[str, str], Counter]:
+    """English -> translation for one language, and counts of what was dropped and why.
+
+    ``english`` caches the cleaned English side across languages (msgid -> (text, has words,
+    placeholders)); every language repeats the same msgids.
+    """
+    english = {} if english is None else english
+    votes: dict[str, Counter] = defaultdict(Counter)
+    why: Counter = Counter()
+    for path in files:
+        for entry in read_mo(path):
+            why["messages"] += 1
+            if entry.msgid not in english:
+                en = clean.clean_ui_string(entry.msgid, accelerators=accelerators)
+                english[entry.msgid] = (en, bool(clean.split_key(en)), clean.placeholders(en))
+            en, has_words, en_ph = english[entry.msgid]
+            tr = clean.clean_ui_string(entry.msgstr[0], accelerators=accelerators)
+            if not has_words:
+                why["no_words"] += 1
+            elif not tr:
+                why["empty"] += 1
+            elif tr == en:
+                why["identical"] += 1
+            elif en_ph != clean.placeholders(tr):
+                why["placeholders"] += 1
+            else:
+                votes[en][tr] += 1
+    pick = {en: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for en, c in votes.items()}
+    why["several_translations"] = sum(len(c) > 1 for c in votes.values())
+    return pick, why
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def assign_splits(have: dict[str, set[str]], langs: list[str],
+                  eval_size: int) -> tuple[dict[str, str], set[str], int]:
+    """Split English strings: (split of each string, held-out strings, eval size used).
+
+    ``have`` maps each English string to the languages it is translated into.
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    for en in have:
+        groups[clean.split_key(en)].append(en)
+    full = set(langs)
+    multi = {key: sum(have[e] >= full for e in ens) for key, ens in groups.items()}
+    size = min(eval_size, sum(multi.values()) // 4)
+    split_of = dict.fromkeys(have, "train")
+    held: set[str] = set()
+    filled = {"valid": 0, "test": 0}
+    targets = iter(("valid", "test"))
+    target = next(targets)
+    for key in sorted((k for k, n in multi.items() if n), key=_hash):
+        if filled[target] + multi[key] > size:
+            continue
+        for en in groups[key]:
+            if have[en] >= full:
+                split_of[en] = target
+            else:
+                held.add(en)
+                del split_of[en]
+        filled[target] += multi[key]
+        if filled[target] == size:
+            target = next(targets, "")
+            if not target:
+                break
+    return split_of, held, size
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = ArgParser(prog="python -m data_prep.demo_corpus",
+                                 description="Build a multi-way demo corpus from UI translations.")
+    ap.add_argument("--out", required=True, type=Path, help="corpus directory to create")
+    ap.add_argument("--source", choices=["libreoffice", "django", "auto"], default="libreoffice")
+    ap.add_argument("--langs", nargs="+", default=list(DEFAULT_LANGS),
+                    help="non-English languages (Flores-200 codes or aliases)")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get(
+        "NMT_CACHE", Path.home() / ".cache" / "nmt")), help="download cache ($NMT_CACHE)")
+    ap.add_argument("--eval-size", type=int, default=EVAL_SIZE, help="segments in valid and in test")
+    ap.add_argument("--max-train-per-lang", type=int, default=0, help="cap train pairs (0: no cap)")
+    ap.add_argument("--max-len", type=int, default=clean.DEFAULT_MAX_LEN,
+                    help="drop strings longer than this many words (0: no limit)")
+    ap.add_argument("--max-ratio", type=float, default=clean.DEFAULT_MAX_RATIO,
+                    help="drop pairs whose length ratio exceeds this (0: no limit)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = ap.parse_args(argv)
+    if args.eval_size < 1 or args.max_train_per_lang < 0:
+        raise UserError("--eval-size must be at least 1 and --max-train-per-lang at least 0")
+    return args
+
+
+def resolve_langs(codes: list[str]) -> list[str]:
+    langs = []
+    for code in codes:
+        flores = normalize_lang(code, where="--langs")
+        if flores != code:
+            print(f"note: --langs {code!r} read as {flores}")
+        if flores == ENGLISH:
+            print("note: eng_Latn is always included (it is the pivot)")
+        elif flores not in langs:
+            langs.append(flores)
+    if not langs:
+        raise UserError("--langs needs at least one language other than English")
+    return langs
+
+
+def get_catalogs(args: argparse.Namespace, langs: list[str]) -> Catalogs:
+    if args.source == "django":
+        return django_catalogs(langs)
+    if args.source == "libreoffice":
+        return libreoffice_catalogs(langs, args.cache)
+    try:
+        cats = libreoffice_catalogs(langs, args.cache)
+    except UserError as e:
+        print(f"LibreOffice catalogs unavailable ({e}); using Django's")
+        return django_catalogs(langs)
+    return cats
+
+
+def write_corpus(root: Path, langs: list[str], trans: dict[str, dict[str, str]],
+                 split_of: dict[str, str], drops: dict[str, list[tuple[str, str]]],
+                 cap: int, cats: Catalogs) -> tuple[dict, dict[str, Counter]]:
+    """Write bitext, Flores-layout eval sets and the manifest; returns (manifest, counts)."""
+    manifest = new_manifest()
+    counts: dict[str, Counter] = {c: Counter() for c in langs}
+    # a dropped string is counted in the split its key went to (keys not in valid/test: train)
+    key_split = {clean.split_key(e): s for e, s in split_of.items() if s != "train"}
+    for split, fsplit in (("train", None), ("valid", "dev"), ("test", "devtest")):
+        ens = sorted((e for e, s in split_of.items() if s == split), key=_hash)
+        if fsplit:
+            fdir = root / "flores" / fsplit
+            fdir.mkdir(parents=True)
+            for code in [ENGLISH, *langs]:
+                w = LineWriter(fdir / f"{code}.{fsplit}")
+                for en in ens:
+                    w.write(en if code == ENGLISH else trans[code][en])
+                w.close()
+            manifest["flores"][fsplit] = sorted([ENGLISH, *langs])
+        out = root / "bitext" / split
+        out.mkdir(parents=True)
+        for code in tqdm(langs, desc=f"write {split}", unit="lang", disable=None):
+            rows = [en for en in ens if en in trans[code]]
+            if split == "train" and cap and len(rows) > cap:
+                counts[code]["over_cap"] = len(rows) - cap
+                rows = rows[:cap]
+            name = pair_name(ENGLISH, code)
+            we, wx = LineWriter(out / f"{name}.{ENGLISH}"), LineWriter(out / f"{name}.{code}")
+            for en in rows:
+                we.write(en)
+                wx.write(trans[code][en])
+            cleaning = clean.empty_counts()
+            cleaning["kept"] = len(rows)
+            for en, reason in drops[code]:
+                if key_split.get(clean.split_key(en), "train") == split:
+                    cleaning["dropped"][reason] += 1
+            add_pair(manifest, split, name, len(rows), {ENGLISH: we.close(), code: wx.close()}, cleaning)
+            counts[code][split] = len(rows)
+    for path in cats.inputs:
+        add_input(manifest, path)
+    return manifest, counts
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    t0 = time.time()
+    check_writable(args.out, args.overwrite, is_dir=True)
+    langs = resolve_langs(args.langs)
+    cats = get_catalogs(args, langs)
+    print(f"source: {cats.source}; languages: {', '.join(f'{c} ({cats.locales[c]})' for c in langs)}")
+    trans: dict[str, dict[str, str]] = {}
+    why: dict[str, Counter] = {}
+    drops: dict[str, list[tuple[str, str]]] = {}
+    english: dict[str, tuple[str, bool, list[str]]] = {}
+    for code in tqdm(langs, desc="read catalogs", unit="lang", disable=None):
+        pick, why[code] = extract(cats.files[code], cats.accelerators, english)
+        drops[code] = []
+        for en, tr in list(pick.items()):
+            reason = clean.drop_reason(en, tr, ENGLISH, code, max_len=args.max_len or None,
+                                       max_ratio=args.max_ratio or None)
+            if reason:
+                drops[code].append((en, reason))
+                why[code][reason] += 1
+                del pick[en]
+        trans[code] = pick
+    have: dict[str, set[str]] = defaultdict(set)
+    for code, pick in trans.items():
+        for en in pick:
+            have[en].add(code)
+    split_of, held, size = assign_splits(have, langs, args.eval_size)
+    if size < args.eval_size:
+        print(f"note: only {sum(len(h) == len(langs) for h in have.values())} strings are translated "
+              f"into all {len(langs)} languages: valid and test get {size} each")
+    if size == 0:
+        raise UserError("no string is translated into all of --langs; choose fewer languages")
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        manifest, counts = write_corpus(tmp, langs, trans, split_of, drops, args.max_train_per_lang, cats)
+        write_manifest(tmp, manifest)
+    print_report(langs, cats, why, counts, held, trans)
+    print(f"wrote {args.out} in {time.time() - t0:.1f} s (manifest: {args.out / 'manifest.json'})")
+
+
+def print_report(langs: list[str], cats: Catalogs, why: dict[str, Counter],
+                 counts: dict[str, Counter], held: set[str], trans: dict[str, dict[str, str]]) -> None:
+    """Per-language table: catalog messages, what was dropped, and the split sizes."""
+    cols = ["lang", "locale", "messages", "identical", "placeholders", "empty", "too_long", "ratio",
+            "unique", "train", "valid", "test", "held_out"]
+    rows = [cols]
+    for c in langs:
+        w, n = why[c], counts[c]
+        rows.append([c, cats.locales[c], *(str(w[k]) for k in cols[2:8]), str(len(trans[c])),
+                     *(str(n[k]) for k in ("train", "valid", "test")),
+                     str(sum(e in held for e in trans[c]))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    for r in rows:
+        print("  ".join(v.ljust(wd) if i < 2 else v.rjust(wd) for i, (v, wd) in enumerate(zip(r, widths))))
+    capped = {c: counts[c]["over_cap"] for c in langs if counts[c]["over_cap"]}
+    if capped:
+        print(f"train capped by --max-train-per-lang: {capped}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

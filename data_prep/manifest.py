@@ -1,0 +1,180 @@
+"""``manifest.json`` of a corpus directory, sha256 helpers and atomic outputs.
+
+The manifest's shape is fixed by docs/architecture.md::
+
+    {"format": 1,
+     "pairs": {"train": {"deu_Latn-eng_Latn": {"lines": N, "sha256": {"deu_Latn": "…", …}}},
+               "valid": {}, "test": {}},
+     "languages": [...], "inputs": [{"path": "…", "sha256": "…"}],
+     "cleaning": {"<split>/<pair>": {"kept": N, "dropped": {...}}},
+     "flores": {"dev": [...], "devtest": [...]}}
+
+Outputs are built under a temporary name and renamed into place when complete
+(:func:`atomic_file`, :func:`atomic_dir`), so an interrupted step never leaves a half-written
+file under the final name, and an existing output is replaced only when asked to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from nmt.errors import UserError
+
+FORMAT = 1
+SPLITS = ("train", "valid", "test")
+FLORES_SPLITS = ("dev", "devtest")
+MANIFEST = "manifest.json"
+CREATE_HINT = ("create it with python -m data_prep.import_corpus --out DIR ... "
+               "or python -m data_prep.demo_corpus --out DIR")
+
+
+def pair_name(a: str, b: str) -> str:
+    """The name of the pair of languages ``a`` and ``b``: codes in sorted order."""
+    return "-".join(sorted((a, b)))
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class LineWriter:
+    """Write UTF-8 lines to a file while counting them and hashing the bytes written."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._f = self.path.open("wb")
+        self._sha = hashlib.sha256()
+        self.lines = 0
+
+    def write(self, line: str) -> None:
+        data = line.encode("utf-8") + b"\n"
+        self._f.write(data)
+        self._sha.update(data)
+        self.lines += 1
+
+    def close(self) -> str:
+        """Close the file and return its sha256."""
+        self._f.close()
+        return self._sha.hexdigest()
+
+
+def new_manifest() -> dict:
+    """An empty manifest with every top-level key present."""
+    return {"format": FORMAT, "pairs": {s: {} for s in SPLITS}, "languages": [], "inputs": [],
+            "cleaning": {}, "flores": {s: [] for s in FLORES_SPLITS}}
+
+
+def add_pair(manifest: dict, split: str, pair: str, lines: int, sha256: dict[str, str],
+             cleaning: dict | None = None) -> None:
+    """Record one written pair (and its cleaning counts) and update ``languages``."""
+    manifest["pairs"].setdefault(split, {})[pair] = {"lines": lines, "sha256": dict(sorted(sha256.items()))}
+    if cleaning is not None:
+        manifest["cleaning"][f"{split}/{pair}"] = cleaning
+    manifest["languages"] = sorted(set(manifest["languages"]) | set(sha256))
+
+
+def add_input(manifest: dict, path: Path | str, sha256: str | None = None) -> None:
+    """Record an input file (by absolute path) with its sha256, once."""
+    path = str(Path(path).resolve())
+    entry = {"path": path, "sha256": sha256 or sha256_file(path)}
+    if entry not in manifest["inputs"]:
+        manifest["inputs"].append(entry)
+
+
+def load_manifest(corpus_dir: Path | str) -> dict:
+    """Read ``<corpus_dir>/manifest.json``; a UserError naming the path when missing or bad."""
+    path = Path(corpus_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: no manifest (not a corpus directory); {CREATE_HINT}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: corrupt manifest ({e.msg}); {CREATE_HINT} "
+                        "(with --overwrite)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: corrupt manifest (not UTF-8); {CREATE_HINT} (with --overwrite)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or not isinstance(manifest.get("pairs"), dict):
+        raise UserError(f"{path}: not a format-{FORMAT} corpus manifest; {CREATE_HINT} (with --overwrite)")
+    full = new_manifest()
+    full.update(manifest)
+    for split in SPLITS:
+        full["pairs"].setdefault(split, {})
+    return full
+
+
+def write_manifest(corpus_dir: Path | str, manifest: dict) -> Path:
+    """Write ``manifest.json`` atomically (pairs sorted by name) and return its path."""
+    path = Path(corpus_dir) / MANIFEST
+    manifest = dict(manifest)
+    manifest["pairs"] = {s: dict(sorted(p.items())) for s, p in manifest["pairs"].items()}
+    manifest["cleaning"] = dict(sorted(manifest["cleaning"].items()))
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def check_writable(path: Path, overwrite: bool, *, is_dir: bool) -> None:
+    """UserError if ``path`` exists (and is not an empty directory) and ``overwrite`` is off."""
+    if not path.exists():
+        return
+    if is_dir and path.is_file():
+        raise UserError(f"{path}: is a file, but an output directory is needed here; "
+                        "give another path or remove the file")
+    if not is_dir and path.is_dir():
+        raise UserError(f"{path}: is a directory, but an output file is needed here; give another path")
+    if is_dir and not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield ``<path>.tmp`` to write; on success it is renamed to ``path``, on error removed."""
+    path = Path(path)
+    check_writable(path, overwrite, is_dir=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
+
+    An existing ``path`` is replaced only with ``overwrite`` (an empty directory always is);
+    on error the temporary directory is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    check_writable(path, overwrite, is_dir=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
