@@ -1,0 +1,258 @@
+"""Tokenize every bitext file of a corpus into memory-mapped ``.bin``/``.idx`` pairs.
+
+    python -m data_prep.binarize --corpus CORPUS [--spm CORPUS/spm.model] [--workers 2] [--overwrite]
+
+Writes ``<corpus>/bin/<split>/<pair>.<lang>.{bin,idx}`` (sentence pieces only: no tags, no
+eos) and ``<corpus>/bin/meta.json``. Lines are read in chunks and encoded by ``--workers``
+processes while the main process writes, so memory does not grow with the corpus. Everything
+is built in a temp directory that replaces ``bin/`` only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.train_spm import MANIFEST_HINT, bitext_path, iter_lines, pair_langs, read_manifest, split_pairs
+from nmt.data.indexed import IndexedDatasetWriter, dtype_for_vocab
+from nmt.data.tokenizer import Tokenizer
+from nmt.errors import UserError, exit_on_user_error
+
+CHUNK_LINES = 2000
+META_FORMAT = 1
+_REDO = "re-run python -m data_prep.binarize --corpus CORPUS --overwrite"
+
+
+@dataclass
+class Job:
+    """One side of one pair: ``bitext/<split>/<pair>.<lang>`` -> ``bin/<split>/<pair>.<lang>``."""
+
+    split: str
+    pair: str
+    lang: str
+    source: Path
+    expected_lines: int | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.pair}.{self.lang}"
+
+
+def read_meta(bin_dir: Path) -> dict | None:
+    """``bin/meta.json`` or None when absent; UserError when unreadable."""
+    path = Path(bin_dir) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {_REDO}") from None
+    if not isinstance(meta, dict) or "spm_sha256" not in meta:
+        raise UserError(f"{path}: has no spm_sha256; {_REDO}")
+    return meta
+
+
+def check_bin_matches(bin_dir: str | Path, tokenizer: Tokenizer) -> dict:
+    """UserError unless ``bin_dir`` was binarized with ``tokenizer``'s model; returns meta.json."""
+    meta = read_meta(Path(bin_dir))
+    if meta is None:
+        raise UserError(f"{Path(bin_dir) / 'meta.json'}: not found; run python -m data_prep.binarize "
+                        "--corpus CORPUS first")
+    if meta["spm_sha256"] != tokenizer.sha256 or meta.get("vocab_size") != tokenizer.vocab_size:
+        raise UserError(
+            f"{bin_dir} was binarized with a different vocabulary (spm_sha256 "
+            f"{str(meta['spm_sha256'])[:12]}…, {tokenizer.path} is {tokenizer.sha256[:12]}…): {_REDO}"
+        )
+    return meta
+
+
+def plan_jobs(corpus: Path, manifest: dict) -> list[Job]:
+    """Every split/pair/side listed in the manifest; UserError if a file is missing."""
+    jobs: list[Job] = []
+    mpath = corpus / "manifest.json"
+    for split in manifest["pairs"]:
+        for pair, info in split_pairs(manifest, split, corpus).items():
+            lines = info.get("lines") if isinstance(info, dict) else None
+            for lang in pair_langs(pair, f"{mpath} pairs.{split}"):
+                src = bitext_path(corpus, split, pair, lang)
+                if not src.is_file():
+                    raise UserError(f"{src}: listed in {mpath} but missing; {MANIFEST_HINT}")
+                jobs.append(Job(split, pair, lang, src, lines if isinstance(lines, int) else None))
+    if not jobs:
+        raise UserError(f"{mpath}: lists no pairs; {MANIFEST_HINT}")
+    return jobs
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+_TOK: Tokenizer | None = None
+_INIT_ERROR: Exception | None = None
+
+
+def _init_worker(model_path: str, sha256: str) -> None:
+    # An exception raised here would make the pool respawn workers forever: keep it for later.
+    global _TOK, _INIT_ERROR
+    try:
+        _TOK = Tokenizer(model_path, num_threads=1)
+        if _TOK.sha256 != sha256:
+            raise UserError(f"{model_path} changed while binarizing; run again")
+    except Exception as e:
+        _INIT_ERROR = e
+
+
+def _encode_chunk(lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of a chunk of lines, flat, plus the length of each line's sequence."""
+    if _INIT_ERROR is not None:
+        raise _INIT_ERROR
+    assert _TOK is not None
+    ids = _TOK.encode_batch(lines)
+    sizes = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype_for_vocab(_TOK.vocab_size),
+                       count=int(sizes.sum()))
+    return flat, sizes
+
+
+def _chunks(jobs: list[Job]) -> Iterator[tuple[int, list[str], bool]]:
+    """(job index, lines, is last chunk of that job); every job yields at least one chunk."""
+    for j, job in enumerate(jobs):
+        buf: list[str] = []
+        for line in iter_lines(job.source):
+            buf.append(line)
+            if len(buf) == CHUNK_LINES:
+                yield j, buf, False
+                buf = []
+        yield j, buf, True
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def binarize(corpus: Path, tok: Tokenizer, jobs: list[Job], out_dir: Path, workers: int) -> dict:
+    """Write every job under ``out_dir``; return meta.json's "files" entry."""
+    files: dict[str, dict] = {}
+    writer: IndexedDatasetWriter | None = None
+    lines_seen = 0
+    total = sum(j.expected_lines or 0 for j in jobs) or None
+    bar = tqdm(total=total, unit="lines", desc="binarize", disable=None)
+
+    def consume(j: int, flat: np.ndarray, sizes: np.ndarray, last: bool) -> None:
+        nonlocal writer, lines_seen
+        job = jobs[j]
+        if writer is None:
+            (out_dir / job.split).mkdir(parents=True, exist_ok=True)
+            writer = IndexedDatasetWriter(out_dir / job.split / f"{job.pair}.{job.lang}", tok.vocab_size)
+        writer.add_many(flat, sizes)
+        bar.update(sizes.size)
+        if not last:
+            return
+        n = len(writer)
+        if job.expected_lines is not None and n != job.expected_lines:
+            raise UserError(f"{job.source}: has {n} lines but manifest.json says {job.expected_lines} "
+                            f"(the file changed after import); {MANIFEST_HINT}")
+        a, b = job.pair.split("-")
+        other = files.get(f"{job.split}/{job.pair}.{b if job.lang == a else a}")
+        if other is not None and other["lines"] != n:
+            raise UserError(f"{job.source}: has {n} lines but the other side of {job.pair} has "
+                            f"{other['lines']}; the two files must be line-aligned: {MANIFEST_HINT}")
+        files[job.key] = {"lines": n, "tokens": writer.num_tokens}
+        writer.finalize()
+        writer = None
+
+    try:
+        if workers <= 1:
+            _init_worker(str(tok.path), tok.sha256)
+            for j, lines, last in _chunks(jobs):
+                consume(j, *_encode_chunk(lines), last)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok.path), tok.sha256)) as pool:
+                pending: deque = deque()
+                for j, lines, last in _chunks(jobs):
+                    pending.append((j, pool.apply_async(_encode_chunk, (lines,)), last))
+                    if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
+                        pj, res, plast = pending.popleft()
+                        consume(pj, *res.get(), plast)
+                while pending:
+                    pj, res, plast = pending.popleft()
+                    consume(pj, *res.get(), plast)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.abort()
+    return files
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m data_prep.binarize", description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", required=True, type=Path, help="corpus directory (has manifest.json)")
+    ap.add_argument("--spm", type=Path, default=None, help="SentencePiece model (default CORPUS/spm.model)")
+    ap.add_argument("--workers", type=int, default=2, help="encoding processes (default 2)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing bin/ directory")
+    run(ap.parse_args(argv))
+
+
+@exit_on_user_error
+def run(args: argparse.Namespace) -> None:
+    corpus: Path = args.corpus
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} must be at least 1")
+    manifest = read_manifest(corpus)
+    manifest_sha = hashlib.sha256((corpus / "manifest.json").read_bytes()).hexdigest()
+    spm_path: Path = args.spm or corpus / "spm.model"
+    if not spm_path.is_file():
+        raise UserError(f"{spm_path}: SentencePiece model not found; run python -m data_prep.train_spm "
+                        f"--corpus {corpus} first (or pass --spm PATH)")
+    tok = Tokenizer(spm_path)
+    tok.check_tags()
+    bin_dir = corpus / "bin"
+    if bin_dir.exists() and not args.overwrite:
+        meta = read_meta(bin_dir)
+        if meta is None:
+            raise UserError(f"{bin_dir} already exists (without meta.json); pass --overwrite to replace it")
+        if meta["spm_sha256"] != tok.sha256:
+            raise UserError(f"{bin_dir} was binarized with a different SentencePiece model than {spm_path} "
+                            "(spm_sha256 differs); pass --overwrite to re-binarize with this one")
+        if meta.get("manifest_sha256") == manifest_sha:
+            print(f"{bin_dir} is up to date (same spm.model and manifest.json); nothing to do")
+            return
+        raise UserError(f"{bin_dir} was binarized from a different manifest.json; pass --overwrite "
+                        "to re-binarize")
+    jobs = plan_jobs(corpus, manifest)
+    tmp = corpus / f".bin.tmp-{os.getpid()}"  # mkdir (unlike mkdtemp) honours the umask
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        files = binarize(corpus, tok, jobs, tmp, args.workers)
+        meta = {"format": META_FORMAT, "spm_sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                "dtype": dtype_for_vocab(tok.vocab_size).name, "manifest_sha256": manifest_sha,
+                "files": files}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if bin_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=".bin-old.", dir=corpus))
+            bin_dir.replace(old / "bin")
+        tmp.replace(bin_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    n_lines = sum(f["lines"] for f in files.values())
+    n_tok = sum(f["tokens"] for f in files.values())
+    print(f"wrote {bin_dir}: {len(files)} files, {n_lines} lines, {n_tok} tokens ({meta['dtype']})")
+
+
+if __name__ == "__main__":
+    main()
