@@ -1,0 +1,405 @@
+"""Training and validation loaders over :class:`~nmt.data.parallel.ParallelData`.
+
+Training data come in epochs. Epoch ``e``'s plan (which examples, how they are batched, the
+batch order) is a pure function of the seed, ``e`` and the :class:`PlanSettings`
+(:func:`build_epoch_plan`): per direction, ``epoch_counts`` examples are drawn uniformly (a
+permutation prefix when the count fits, else whole permutations plus a prefix), everything is
+batched by token budget, and the batch order is shuffled. With ``world_size`` W, rank r takes
+batches r, r+W, r+2W, ... and the last ``len(batches) % W`` batches are dropped, so every rank
+has the same number of steps per epoch.
+
+Resume: ``state_dict()`` is {epoch, batch_in_epoch, seed, settings, realised counts}; loading it
+into a loader with the same settings makes the next batch exactly the one an uninterrupted run
+would have produced. When a plan-shaping setting differs (seed, directions, probabilities,
+max_tokens, max_sentences, world_size, epoch_size, one_direction_per_batch, or the filtered data
+sizes) the loader warns, naming the settings, and continues at the start of the next epoch
+with the new settings (at the saved epoch itself when it had not started): no half-epoch is
+replayed under a different plan. For curriculum runs call ``set_directions`` for the resumed
+stage BEFORE ``load_state_dict``.
+
+``Batch``, ``collate`` and ``ParallelData`` live in ``nmt.data.parallel`` and are re-exported.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from nmt.data.batching import Examples, batch_by_tokens, check_budget
+from nmt.data.parallel import Batch, ParallelData, collate
+from nmt.data.sampling import epoch_counts
+from nmt.errors import UserError
+from nmt.langs import parse_direction
+
+__all__ = [
+    "Batch", "collate", "ParallelData", "PlanSettings", "Pool", "EpochPlan", "build_epoch_plan",
+    "TrainLoader", "ValidLoader", "valid_batches",
+]
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Everything besides (seed, epoch) that shapes an epoch plan; saved in the loader state."""
+
+    directions: tuple[str, ...]
+    probs: tuple[float, ...]
+    sizes: tuple[int, ...]  # usable examples per direction (after all filtering)
+    max_tokens: int
+    max_sentences: int | None
+    world_size: int
+    epoch_size: int | None
+    one_direction_per_batch: bool
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def changed(self, saved: Mapping) -> list[str]:
+        """Names of the settings that differ from ``saved`` (a ``to_json`` dict)."""
+        out = []
+        for key, value in self.to_json().items():
+            old = saved.get(key)
+            if key == "probs":
+                same = isinstance(old, list) and len(old) == len(value) and all(
+                    math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(old, value)
+                )
+            else:
+                same = old == value
+            if not same:
+                out.append(key)
+        return out
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Usable examples of one direction: ``local`` indexes the direction's kept examples."""
+
+    direction_id: int
+    local: np.ndarray
+    src_len: np.ndarray
+    tgt_len: np.ndarray
+
+
+@dataclass
+class EpochPlan:
+    """One epoch: ``batches`` (positions into ``examples``) in global order, tail dropped."""
+
+    epoch: int
+    examples: Examples  # direction = id in ParallelData.directions, index = local kept index
+    batches: list[np.ndarray]
+    counts: dict[str, int]
+    world_size: int
+    dropped_batches: int
+
+    @property
+    def steps(self) -> int:
+        """Batches per rank."""
+        return len(self.batches) // self.world_size
+
+    def step_batches(self, step: int) -> list[np.ndarray]:
+        """The ``world_size`` batches of one step; rank r gets element r."""
+        w = self.world_size
+        return self.batches[step * w : (step + 1) * w]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A torch.Generator keyed on (seed, epoch) only."""
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 32 | int(state[1])) >> 1)
+
+
+def _draw(n: int, count: int, g: torch.Generator) -> np.ndarray:
+    """``count`` indices in [0, n): a permutation prefix, or whole permutations plus a prefix."""
+    reps, rem = divmod(count, n)
+    parts = []
+    if reps == 1:
+        parts.append(torch.randperm(n, generator=g))
+    elif reps > 1:  # one call for all whole permutations (rows of argsort of iid uniforms)
+        parts.append(torch.argsort(torch.rand(reps, n, generator=g, dtype=torch.float64), dim=1).flatten())
+    if rem:
+        parts.append(torch.randperm(n, generator=g)[:rem])
+    return torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.int64)
+
+
+def build_epoch_plan(seed: int, epoch: int, settings: PlanSettings, pools: Mapping[str, Pool]) -> EpochPlan:
+    """The plan of epoch ``epoch``: a pure function of its arguments."""
+    g = epoch_generator(seed, epoch)
+    sizes = dict(zip(settings.directions, settings.sizes))
+    counts = epoch_counts(dict(zip(settings.directions, settings.probs)), sizes, settings.epoch_size, g)
+    parts = []
+    for d in settings.directions:
+        pool, c = pools[d], counts[d]
+        if c == 0:
+            continue
+        pick = _draw(len(pool.local), c, g)
+        ids = np.full(c, pool.direction_id, dtype=np.int64)
+        parts.append(Examples(ids, pool.local[pick], pool.src_len[pick], pool.tgt_len[pick]))
+    examples = Examples.concat(parts)
+    batches = batch_by_tokens(
+        examples, settings.max_tokens, settings.max_sentences,
+        one_direction_per_batch=settings.one_direction_per_batch, generator=g,
+    )
+    w = settings.world_size
+    steps = len(batches) // w
+    if steps == 0:
+        raise UserError(
+            f"an epoch has only {len(batches)} batches, fewer than world_size={w}: raise data.epoch_size "
+            "or lower data.max_tokens"
+        )
+    return EpochPlan(epoch, examples, batches[: steps * w], counts, w, len(batches) - steps * w)
+
+
+def _check_int(value: object, key: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise UserError(f"{key} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    _check_int(world_size, "world_size", 1)
+    if _check_int(rank, "rank", 0) >= world_size:
+        raise UserError(f"rank {rank} is not below world_size {world_size}")
+
+
+class TrainLoader:
+    """Infinite iterator of training :class:`Batch` es for one data-parallel rank.
+
+    ``probs`` maps each active direction (a subset of ``data.directions``) to its sampling
+    probability (e.g. from :func:`nmt.data.sampling.direction_probs`); ``Batch.direction``
+    indexes ``data.directions``, stable across :meth:`set_directions`. Examples whose
+    max(src_len, tgt_len) exceeds ``max_tokens`` cannot fit a batch: they are skipped, counted
+    in ``skipped_over_max_tokens`` and reported with a warning.
+    """
+
+    def __init__(
+        self,
+        data: ParallelData,
+        probs: Mapping[str, float],
+        *,
+        max_tokens: int,
+        max_sentences: int | None = None,
+        seed: int = 0,
+        epoch_size: int | None = None,
+        one_direction_per_batch: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_to_multiple: int = 1,
+    ) -> None:
+        check_budget(max_tokens, max_sentences)
+        _check_rank(rank, world_size)
+        if epoch_size is not None:
+            _check_int(epoch_size, "data.epoch_size", 1)
+        self.data = data
+        self.directions = list(data.directions)
+        self.seed = _check_int(seed, "seed", 0)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.max_tokens, self.max_sentences = int(max_tokens), max_sentences
+        self.epoch_size, self.one_direction_per_batch = epoch_size, bool(one_direction_per_batch)
+        self.pad_to_multiple = pad_to_multiple
+        self.pools: dict[str, Pool] = {}
+        self.skipped_over_max_tokens: dict[str, int] = {}
+        for i, d in enumerate(self.directions):
+            s_len, t_len = data.lengths(i)
+            ok = np.flatnonzero(np.maximum(s_len, t_len) <= self.max_tokens).astype(np.int64)
+            self.pools[d] = Pool(i, ok, s_len[ok], t_len[ok])
+            self.skipped_over_max_tokens[d] = len(s_len) - len(ok)
+        skipped = {d: n for d, n in self.skipped_over_max_tokens.items() if n}
+        if skipped:
+            warnings.warn(
+                f"skipping examples longer than data.max_tokens={max_tokens}: {skipped}; set "
+                "model.max_positions (max_source/target_positions) <= data.max_tokens to filter them "
+                "up front", stacklevel=2,
+            )
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._plan: EpochPlan | None = None
+        self._set_active(probs)
+
+    # -- directions and settings -------------------------------------------------------------
+    def _set_active(self, probs: Mapping[str, float]) -> None:
+        given = {}
+        for d, p in probs.items():
+            s, t = parse_direction(d, where="sampling probabilities")
+            name = f"{s}-{t}"
+            if name not in self.pools:
+                raise UserError(f"direction {name} is not in data.directions ({', '.join(self.directions)})")
+            if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not (
+                math.isfinite(float(p)) and float(p) >= 0
+            ):
+                raise UserError(f"sampling probability of {name} must be a finite number >= 0, got {p!r}")
+            if p > 0 and len(self.pools[name].local) == 0:
+                raise UserError(f"direction {name} has no usable examples; remove it or relax the length limits")
+            given[name] = float(p)
+        total = sum(given.values())
+        if not given or total <= 0:
+            raise UserError("no active direction has a positive sampling probability")
+        active = tuple(d for d in self.directions if d in given)  # canonical (data) order
+        self.active = active
+        self.probs = {d: given[d] / total for d in active}
+        self._sent = np.zeros(len(self.directions), dtype=np.int64)
+        self._tok = np.zeros(len(self.directions), dtype=np.int64)
+
+    def set_directions(self, directions: Sequence[str], probs: Mapping[str, float]) -> None:
+        """Switch the active directions (curriculum stage). A fresh epoch plan starts (the
+        current epoch number is kept when no batch of it was drawn yet); realised counts restart.
+        """
+        names = {"-".join(parse_direction(d, where="curriculum directions")) for d in directions}
+        keys = {"-".join(parse_direction(d, where="sampling probabilities")) for d in probs}
+        if names != keys:
+            raise UserError(
+                f"set_directions: the probabilities cover {sorted(keys)} but the directions are {sorted(names)}"
+            )
+        self._set_active(probs)
+        if self.batch_in_epoch > 0:
+            self.epoch += 1
+        self.batch_in_epoch = 0
+        self._plan = None
+
+    @property
+    def settings(self) -> PlanSettings:
+        return PlanSettings(
+            directions=self.active,
+            probs=tuple(self.probs[d] for d in self.active),
+            sizes=tuple(len(self.pools[d].local) for d in self.active),
+            max_tokens=self.max_tokens,
+            max_sentences=self.max_sentences,
+            world_size=self.world_size,
+            epoch_size=self.epoch_size,
+            one_direction_per_batch=self.one_direction_per_batch,
+        )
+
+    # -- iteration ---------------------------------------------------------------------------
+    def plan(self) -> EpochPlan:
+        """The plan of the current epoch (built on first use, then cached)."""
+        if self._plan is None or self._plan.epoch != self.epoch:
+            self._plan = build_epoch_plan(self.seed, self.epoch, self.settings, self.pools)
+        return self._plan
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        plan = self.plan()
+        while self.batch_in_epoch >= plan.steps:  # only after a hand-edited state
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            plan = self.plan()
+        step = plan.step_batches(self.batch_in_epoch)
+        ex = plan.examples
+        # Realised counts cover every rank's batch of this step: identical on all ranks.
+        everything = np.concatenate(step)
+        dirs = ex.direction[everything]
+        n = len(self.directions)
+        self._sent += np.bincount(dirs, minlength=n)
+        self._tok += np.bincount(dirs, weights=ex.tgt_len[everything] - 1, minlength=n).astype(np.int64)
+        mine = step[self.rank]
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == plan.steps:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        return self.data.collate(ex.direction[mine], ex.index[mine], self.pad_to_multiple)
+
+    def realised(self, unit: str = "sentences") -> dict[str, float]:
+        """Fraction of drawn ``sentences`` (or target ``tokens``) per active direction, over all
+        ranks, since construction or the last change of directions/probabilities."""
+        if unit not in ("sentences", "tokens"):
+            raise ValueError("unit must be 'sentences' or 'tokens'")
+        counts = self._sent if unit == "sentences" else self._tok
+        total = int(counts.sum())
+        ids = [self.pools[d].direction_id for d in self.active]
+        return {d: (int(counts[i]) / total if total else 0.0) for d, i in zip(self.active, ids)}
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Small JSON-able state; rank-independent (any rank's state resumes every rank)."""
+        ids = [(d, self.pools[d].direction_id) for d in self.active]
+        return {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "seed": self.seed,
+            "settings": self.settings.to_json(),
+            "realised": {
+                "sentences": {d: int(self._sent[i]) for d, i in ids},
+                "tokens": {d: int(self._tok[i]) for d, i in ids},
+            },
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a ``state_dict``; see the module docstring for what happens on changes."""
+        try:
+            if state["format"] != STATE_FORMAT:
+                raise ValueError(f"format {state['format']!r}")
+            epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+            saved, seed, realised = state["settings"], int(state["seed"]), state["realised"]
+            sent, tok = dict(realised["sentences"]), dict(realised["tokens"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"the data loader state in the checkpoint is not understood ({e})") from None
+        changed = self.settings.changed(saved)
+        if seed != self.seed:
+            changed.insert(0, "seed")
+        self._plan = None
+        self._sent[:] = 0
+        self._tok[:] = 0
+        if changed:
+            self.epoch = epoch + 1 if batch > 0 else epoch
+            self.batch_in_epoch = 0
+            warnings.warn(
+                f"data loader settings changed since the checkpoint ({', '.join(changed)}): not "
+                f"resuming mid-epoch; continuing at the start of epoch {self.epoch} with the new settings",
+                stacklevel=2,
+            )
+            if "directions" in changed or "probs" in changed:
+                return  # realised counts restart with the new probabilities
+        else:
+            self.epoch, self.batch_in_epoch = epoch, batch
+        for d in self.active:
+            i = self.pools[d].direction_id
+            self._sent[i], self._tok[i] = int(sent.get(d, 0)), int(tok.get(d, 0))
+
+
+class ValidLoader:
+    """Deterministic pass over a split: per direction (in ``data.directions`` order), examples
+    sorted by length and packed by token budget, no sampling, nothing skipped (an example
+    longer than ``max_tokens`` gets a batch of its own). Every batch holds one direction.
+    Rank r of W takes batches r, r+W, ...: ranks may get different numbers of batches.
+    """
+
+    def __init__(
+        self,
+        data: ParallelData,
+        *,
+        max_tokens: int,
+        max_sentences: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_to_multiple: int = 1,
+    ) -> None:
+        check_budget(max_tokens, max_sentences)
+        _check_rank(rank, world_size)
+        self.data, self.pad_to_multiple = data, pad_to_multiple
+        self.directions = list(data.directions)
+        self._batches: list[tuple[int, np.ndarray]] = []
+        for i in range(len(self.directions)):
+            s_len, t_len = data.lengths(i)
+            local = np.arange(len(s_len), dtype=np.int64)
+            ex = Examples(np.full(len(local), i, dtype=np.int64), local, s_len, t_len)
+            self._batches += [(i, b) for b in batch_by_tokens(ex, max_tokens, max_sentences)]
+        self._batches = self._batches[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for d, local in self._batches:
+            yield self.data.collate(np.full(len(local), d, dtype=np.int64), local, self.pad_to_multiple)
+
+
+def valid_batches(data: ParallelData, max_tokens: int, max_sentences: int | None = None, *,
+                  rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """One deterministic pass over ``data`` (see :class:`ValidLoader`)."""
+    return iter(ValidLoader(data, max_tokens=max_tokens, max_sentences=max_sentences, rank=rank, world_size=world_size))
