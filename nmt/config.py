@@ -1,0 +1,170 @@
+"""Typed configuration schema (registered in Hydra's ConfigStore) and its validation.
+
+Hydra composes ``conf/config.yaml`` + group files on top of :class:`Config`, so a value of the
+wrong type is rejected by OmegaConf with the key named. :func:`validate` then checks ranges and
+cross-field rules once at start-up and raises a :class:`~nmt.errors.UserError` that names the
+key, the bad value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from nmt.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    d_model: int = 128
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    heads: int = 4
+    ffn_dim: int = 512
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation: str = "relu"  # relu | gelu
+    max_positions: int = 512
+    scale_embedding: bool = True
+    attention: str = "auto"  # auto (= sdpa) | sdpa | math
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "data/demo"
+    directions: list[str] = field(default_factory=lambda: ["all"])  # "all": both ways of every train pair
+    valid_directions: list[str] = field(default_factory=lambda: ["train"])  # "train": same as directions
+    max_tokens: int = 4096
+    max_sentences: int = 0  # 0: no limit
+    one_direction_per_batch: bool = False
+    epoch_size: int = 0  # sentences per sampled epoch; 0: size of the training split
+
+
+@dataclass
+class SamplingConfig:
+    method: str = "temperature"  # temperature | uniform | fixed | unimax
+    temperature: float = 1.0
+    weights: dict[str, float] = field(default_factory=dict)  # for method=fixed
+    unimax_budget: float = 0.0  # 0: the size of the training split
+    unimax_max_epochs: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 4000
+    warmup_init_lr: float = 1e-7
+    clip_norm: float = 0.0  # 0: no clipping (NLLB)
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    update_freq: int = 1  # gradient accumulation
+    precision: str = "auto"  # auto (measure) | bf16 (autocast) | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+    seed: int = 1
+    log_interval: int = 50
+    valid_interval: int = 500
+    save_interval: int = 0  # keep a step_N checkpoint every N steps; 0: only last and best
+    keep_last: int = 2  # step_N checkpoints kept
+    resume: bool = False
+    progress: bool = True
+    valid_max_batches: int = 0  # 0: whole validation split
+
+
+@dataclass
+class EvalConfig:
+    beam: int = 4
+    lenpen: float = 1.0
+    batch_size: int = 64
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register() -> None:
+    """Register the schema so that ``conf/config.yaml`` can name it as its first default."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"config key {key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and cross-field checks; the first violation raises a UserError naming its key."""
+    m, d, s, o, t, e = cfg.model, cfg.data, cfg.sampling, cfg.optim, cfg.trainer, cfg.eval
+    for key in ("d_model", "encoder_layers", "decoder_layers", "heads", "ffn_dim", "max_positions"):
+        v = getattr(m, key)
+        _check(v >= 1, f"model.{key}", v, "use a positive integer")
+    _check(m.d_model % m.heads == 0, "model.heads", m.heads, f"must divide model.d_model={m.d_model}")
+    _check((m.d_model // m.heads) % 2 == 0, "model.heads", m.heads, "head size d_model/heads must be even")
+    _check(m.d_model % 2 == 0, "model.d_model", m.d_model, "use an even number (sinusoidal positions)")
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        v = getattr(m, key)
+        _check(0.0 <= v < 1.0, f"model.{key}", v, "use a value in [0, 1)")
+    _check(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use relu or gelu")
+    _check(m.attention in ("auto", "sdpa", "math"), "model.attention", m.attention, "use auto, sdpa or math")
+
+    _check(d.max_tokens >= 8, "data.max_tokens", d.max_tokens, "use at least 8 tokens per batch")
+    _check(d.max_sentences >= 0, "data.max_sentences", d.max_sentences, "use 0 (no limit) or a positive number")
+    _check(d.epoch_size >= 0, "data.epoch_size", d.epoch_size, "use 0 (training split size) or a positive number")
+    _check(len(d.directions) > 0, "data.directions", d.directions, "list at least one direction, or [all]")
+
+    methods = ("temperature", "uniform", "fixed", "unimax")
+    _check(s.method in methods, "sampling.method", s.method, "use one of " + ", ".join(methods))
+    _check(s.temperature > 0 and not math.isnan(s.temperature), "sampling.temperature", s.temperature,
+           "use a temperature > 0 (1 = proportional, inf = uniform)")
+    _check(s.method != "fixed" or len(s.weights) > 0, "sampling.weights", dict(s.weights),
+           "method=fixed needs a weight per direction, e.g. sampling.weights={eng_Latn-fra_Latn:1}")
+    _check(s.unimax_budget >= 0, "sampling.unimax_budget", s.unimax_budget, "use 0 (auto) or a positive budget")
+    _check(s.unimax_max_epochs > 0, "sampling.unimax_max_epochs", s.unimax_max_epochs, "use a value > 0")
+
+    _check(o.lr > 0, "optim.lr", o.lr, "use a learning rate > 0")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas),
+           "use two values in [0, 1), e.g. [0.9,0.98]")
+    _check(o.eps > 0, "optim.eps", o.eps, "use a value > 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use a value >= 0")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "use a value >= 0")
+    _check(0 <= o.warmup_init_lr <= o.lr, "optim.warmup_init_lr", o.warmup_init_lr, f"use a value in [0, optim.lr={o.lr}]")
+    _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "use 0 (off) or a positive norm")
+    _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "use a value in [0, 1)")
+
+    _check(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "use at least 1")
+    _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps", o.warmup_steps,
+           f"warm-up longer than trainer.max_steps={t.max_steps}: lower it or train longer")
+    _check(t.update_freq >= 1, "trainer.update_freq", t.update_freq, "use at least 1")
+    _check(t.precision in ("auto", "bf16", "fp32"), "trainer.precision", t.precision, "use auto, bf16 or fp32")
+    _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", t.device, "use auto, cpu or cuda")
+    _check(t.threads >= 0, "trainer.threads", t.threads, "use 0 (default) or a positive count")
+    for key in ("log_interval", "valid_interval"):
+        v = getattr(t, key)
+        _check(v >= 1, f"trainer.{key}", v, "use at least 1")
+    _check(t.save_interval >= 0, "trainer.save_interval", t.save_interval, "use 0 (off) or a positive interval")
+    _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
+    _check(t.valid_max_batches >= 0, "trainer.valid_max_batches", t.valid_max_batches, "use 0 (all) or more")
+
+    _check(e.beam >= 1, "eval.beam", e.beam, "use at least 1")
+    _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "use at least 1")

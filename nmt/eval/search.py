@@ -1,0 +1,98 @@
+"""Batched beam search with a KV cache and a forced target-language tag (NLLB inference).
+
+Decoder prefix is ``</s> __tgt__``; hypotheses are scored by the sum of token log-probabilities
+divided by ``length ** lenpen`` where ``length`` counts generated tokens including ``</s>``
+(fairseq's normalisation). A sentence stops once ``beam`` hypotheses have finished, or at
+``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from nmt.models.transformer import PAD, Transformer
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer,
+    src_tokens: Tensor,
+    tgt_tags: Tensor,
+    *,
+    eos: int,
+    beam: int = 4,
+    lenpen: float = 1.0,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    banned: Sequence[int] = (),
+    src_lang: Tensor | None = None,
+    tgt_lang: Tensor | None = None,
+) -> list[list[int]]:
+    """Best hypothesis per sentence (token ids without the tag and without ``</s>``)."""
+    device = src_tokens.device
+    bsz, k, vocab = src_tokens.shape[0], beam, model.vocab_size
+    memory, mask = model.encode(src_tokens, src_lang, tgt_lang)
+    src_len = src_tokens.ne(PAD).sum(1)
+    limit = model.cfg.max_positions - 1  # decoder positions used: prefix of 2, then tokens
+    max_len = (max_len_a * src_len.float() + max_len_b).long().clamp(min=1, max=limit - 1)
+
+    def rep(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.repeat_interleave(k, 0)
+
+    memory, mask, src_lang_r, tgt_lang_r = rep(memory), rep(mask), rep(src_lang), rep(tgt_lang)
+    cache = model.new_cache()
+    prefix = torch.stack([torch.full_like(tgt_tags, eos), tgt_tags], dim=1).repeat_interleave(k, 0)
+    logits = model.decode(prefix, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=0)[:, -1]
+
+    banned_t = torch.tensor(sorted(set(banned) | {PAD}), dtype=torch.long, device=device)
+    scores = torch.zeros(bsz, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: expand from the first only
+    history = torch.zeros(bsz * k, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(bsz)]
+    done = torch.zeros(bsz, dtype=torch.bool, device=device)
+    batch_base = (torch.arange(bsz, device=device) * k)[:, None]
+
+    for step in range(int(max_len.max())):
+        lprobs = torch.log_softmax(logits.float(), dim=-1).view(bsz, k, vocab)
+        lprobs[:, :, banned_t] = float("-inf")
+        at_max = step >= max_len - 1
+        if bool(at_max.any()):
+            eos_col = lprobs[at_max][:, :, eos].clone()
+            lprobs[at_max] = float("-inf")
+            lprobs[at_max, :, eos] = eos_col
+        cand = (scores.unsqueeze(-1) + lprobs).view(bsz, -1)
+        top_scores, top_idx = cand.topk(2 * k, dim=1)
+        beam_idx, tokens = top_idx // vocab, top_idx % vocab
+        is_eos = tokens.eq(eos) & top_scores.gt(float("-inf"))
+
+        # Finalise end-of-sentence candidates ranked within the top k.
+        for b, r in (is_eos[:, :k] & ~done[:, None]).nonzero().tolist():
+            if len(finished[b]) < k:
+                seq = history[b * k + beam_idx[b, r]].tolist()
+                finished[b].append((float(top_scores[b, r]) / (step + 1) ** lenpen, seq))
+        done |= torch.tensor([len(f) >= k for f in finished], device=device)
+        if bool(done.all()):
+            break
+
+        # Continue with the best k candidates that did not end.
+        rank = torch.arange(2 * k, device=device).expand(bsz, -1) + is_eos.long() * 2 * k
+        keep = rank.topk(k, dim=1, largest=False).indices
+        scores = top_scores.gather(1, keep)
+        src_beam = (beam_idx.gather(1, keep) + batch_base).view(-1)
+        new_tok = tokens.gather(1, keep).view(-1, 1)
+        history = torch.cat([history.index_select(0, src_beam), new_tok], dim=1)
+        for layer in cache:
+            layer["self"]["k"] = layer["self"]["k"].index_select(0, src_beam)
+            layer["self"]["v"] = layer["self"]["v"].index_select(0, src_beam)
+        logits = model.decode(new_tok, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=step + 2)[:, -1]
+
+    out = []
+    for b in range(bsz):
+        if finished[b]:
+            out.append(max(finished[b], key=lambda f: f[0])[1])
+        else:  # cannot happen with eos forced at max_len; kept for safety
+            out.append(history[b * k].tolist())
+    return out

@@ -1,0 +1,53 @@
+"""``python -m nmt.train +recipe=NAME [overrides]`` — one training run (``-m`` for sweeps).
+
+Hydra composes the config; :func:`nmt.config.validate` checks it; the Trainer runs in the
+Hydra run directory (``outputs/<name>`` by default, ``hydra.run.dir=...`` to choose).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.config import Config, register, validate
+from nmt.errors import EXIT_USER_ERROR, UserError, fail
+
+register()
+_entered = False
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def _main(dcfg: DictConfig) -> float | None:
+    global _entered
+    _entered = True
+    try:
+        resolved = OmegaConf.to_container(dcfg, resolve=True)
+        cfg: Config = OmegaConf.to_object(dcfg)
+        validate(cfg)
+        from nmt.training.trainer import Trainer
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        summary = Trainer(cfg, run_dir, resolved).fit()
+        return summary.get("valid/loss")
+    except UserError as e:
+        fail(str(e))
+    return None
+
+
+def main() -> None:
+    try:
+        _main()
+    except SystemExit as e:
+        # Hydra reports config errors (unknown key, wrong type, missing recipe) with exit code 1
+        # before our code runs: those are user errors too.
+        if e.code == 1 and not _entered:
+            sys.exit(EXIT_USER_ERROR)
+        raise
+
+
+if __name__ == "__main__":
+    main()

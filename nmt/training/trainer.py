@@ -1,0 +1,282 @@
+"""The training loop: sampled multilingual batches → model → loss → Adam, with validation,
+checkpoints, logs and exact resume. Knows nothing of model internals beyond
+``forward() -> (logits, aux)``: every ``aux`` entry named ``loss/...`` is added to the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from nmt.config import Config
+from data_prep.binarize import check_bin_matches
+from nmt.data.loader import ParallelData, TrainLoader, valid_batches
+from nmt.data.sampling import direction_probs
+from nmt.data.tokenizer import Tokenizer
+from nmt.errors import UserError
+from nmt.models.build import build_model
+from nmt.models.transformer import count_parameters
+from nmt.training.checkpoint import load_checkpoint, save_checkpoint
+from nmt.training.logging import RunLogger
+from nmt.training.loss import label_smoothed_nll
+from nmt.training.precision import choose_precision
+from nmt.training.optim import build_optimizer, inverse_sqrt_lr
+from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any]):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resolved_config = resolved_config
+        t = cfg.trainer
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        if t.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("config key trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+        self.device = torch.device("cuda" if t.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        torch.manual_seed(t.seed)
+
+        corpus = resolve_corpus(cfg.data.corpus)
+        self.tokenizer = Tokenizer(corpus / "spm.model")
+        self.tokenizer.check_tags()
+        check_bin_matches(corpus / "bin", self.tokenizer)
+        self.directions, self.valid_directions = resolve_directions(corpus, cfg.data.directions, cfg.data.valid_directions)
+        prepare_run_dir(self.run_dir, corpus / "spm.model", self.tokenizer.sha256, resume=t.resume)
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
+
+        max_pos = cfg.model.max_positions
+        self.train_data = ParallelData.open(corpus, "train", self.directions, max_source_positions=max_pos,
+                                            max_target_positions=max_pos)
+        self.probs = direction_probs(
+            self.train_data.sizes(), cfg.sampling.method, cfg.sampling.temperature, dict(cfg.sampling.weights),
+            cfg.sampling.unimax_budget or None, cfg.sampling.unimax_max_epochs)
+        self.loader = TrainLoader(
+            self.train_data, self.probs, max_tokens=cfg.data.max_tokens,
+            max_sentences=cfg.data.max_sentences or None, seed=t.seed,
+            one_direction_per_batch=cfg.data.one_direction_per_batch,
+            epoch_size=cfg.data.epoch_size or None)
+        self.valid_data = (ParallelData.open(corpus, "valid", self.valid_directions, max_source_positions=max_pos,
+                                             max_target_positions=max_pos)
+                           if self.valid_directions else None)
+
+        self.model = build_model(cfg.model, self.tokenizer.vocab_size).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.step = 0
+        self.best_valid: float | None = None
+        self.logger = RunLogger(self.run_dir)
+        self.precision, why = choose_precision(t.precision, cfg.model.d_model, cfg.model.ffn_dim, self.device)
+        print(f"precision: {self.precision} ({why})", flush=True)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                         if self.precision == "bf16" else nullcontext())
+        if t.resume:
+            self._resume()
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
+            "best_valid": self.best_valid,
+            "config": self.resolved_config,
+            "directions": list(self.directions),
+            "tokenizer": {"path": str((self.run_dir / "spm.model").resolve()), "sha256": self.tokenizer.sha256},
+        }
+
+    def _save(self, names: list[str]) -> None:
+        ckpt_dir = self.run_dir / "checkpoints"
+        state = self._state()
+        first = ckpt_dir / names[0]
+        save_checkpoint(state, first)
+        for name in names[1:]:
+            tmp = ckpt_dir / (name + ".tmp")
+            shutil.copyfile(first, tmp)
+            tmp.replace(ckpt_dir / name)
+        self._prune()
+
+    def _prune(self) -> None:
+        steps = sorted(self.run_dir.glob("checkpoints/step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in steps[: -self.cfg.trainer.keep_last]:
+            old.unlink()
+
+    def _resume(self) -> None:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if not path.exists():
+            print(f"trainer.resume=true but {path} does not exist: starting from scratch", flush=True)
+            return
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {path} does not fit this config's model ({str(e).splitlines()[0][:160]}); "
+                            f"resume with the config the run was started with") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.best_valid = state.get("best_valid")
+        print(f"resumed from {path} at step {self.step}", flush=True)
+
+    # ---------------------------------------------------------------- steps
+    def _forward(self, batch, n_directions: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
+        b = batch.to(self.device)
+        with self.autocast:
+            logits, aux = self.model(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang)
+        out = label_smoothed_nll(logits, b.target, self.cfg.optim.label_smoothing, b.direction, n_directions)
+        return out.loss, out, aux
+
+    def train_step(self) -> dict[str, Any]:
+        self.model.train()
+        total_tokens, loss_sum, nll_sum = 0, 0.0, 0.0
+        nll_dir = torch.zeros(len(self.directions))
+        tok_dir = torch.zeros(len(self.directions))
+        aux_sums: dict[str, float] = {}
+        for _ in range(self.cfg.trainer.update_freq):
+            batch = next(self.loader)
+            loss, out, aux = self._forward(batch, len(self.directions))
+            for key, value in aux.items():
+                if key.startswith("loss/"):
+                    loss = loss + value * out.ntokens  # aux losses are per-token means
+                aux_sums[key] = aux_sums.get(key, 0.0) + float(value.detach())
+            loss.backward()
+            total_tokens += out.ntokens
+            loss_sum += float(out.loss.detach())
+            nll_sum += float(out.nll)
+            nll_dir += out.nll_per_direction.cpu()
+            tok_dir += out.tokens_per_direction.cpu()
+        # Gradients of summed losses, normalised once by all target tokens of the update.
+        scale = 1.0 / max(total_tokens, 1)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        gnorm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.optim.clip_norm if self.cfg.optim.clip_norm > 0 else float("inf"))
+        lr = inverse_sqrt_lr(self.step + 1, self.cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        n = self.cfg.trainer.update_freq
+        return {"tokens": total_tokens, "loss_sum": loss_sum, "nll_sum": nll_sum, "nll_dir": nll_dir,
+                "tok_dir": tok_dir, "gnorm": float(gnorm), "lr": lr,
+                "aux": {k: v / n for k, v in aux_sums.items()}}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        assert self.valid_data is not None
+        nll = torch.zeros(len(self.valid_directions))
+        tok = torch.zeros(len(self.valid_directions))
+        limit = self.cfg.trainer.valid_max_batches
+        for i, batch in enumerate(valid_batches(self.valid_data, self.cfg.data.max_tokens)):
+            if limit and i >= limit * len(self.valid_directions):
+                break
+            _, out, _ = self._forward(batch, len(self.valid_directions))
+            nll += out.nll_per_direction.cpu()
+            tok += out.tokens_per_direction.cpu()
+        record: dict[str, float] = {}
+        for d, name in enumerate(self.valid_directions):
+            if tok[d] > 0:
+                record[f"valid/loss/{name}"] = float(nll[d] / tok[d])
+        record["valid/loss"] = float(nll.sum() / tok.sum().clamp(min=1))
+        record["valid/ppl"] = math.exp(min(record["valid/loss"], 50.0))
+        return record
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.trainer
+        n_params = count_parameters(self.model)
+        print(f"model: {n_params / 1e6:.2f}M parameters; {len(self.directions)} directions; "
+              f"device {self.device}, precision {self.precision}; run dir {self.run_dir}", flush=True)
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="train", dynamic_ncols=True)
+        acc = self._new_acc()
+        last_valid: dict[str, float] = {}
+        try:
+            while self.step < t.max_steps:
+                stats = self.train_step()
+                self._accumulate(acc, stats)
+                bar.update(1)
+                if self.step % t.log_interval == 0 or self.step == t.max_steps:
+                    record = self._log_record(acc)
+                    self.logger.train(record)
+                    bar.set_postfix(loss=f"{record['train/nll']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    acc = self._new_acc()
+                is_valid = self.step % t.valid_interval == 0 or self.step == t.max_steps
+                if is_valid and self.valid_data is not None:
+                    last_valid = self.validate()
+                    self.logger.valid({"step": self.step, **last_valid})
+                    names = ["last.pt"]
+                    if self.best_valid is None or last_valid["valid/loss"] < self.best_valid:
+                        self.best_valid = last_valid["valid/loss"]
+                        names.append("best.pt")
+                    if t.save_interval and self.step % t.save_interval == 0:
+                        names.append(f"step_{self.step}.pt")
+                    self._save(names)
+                    bar.write(f"step {self.step}: valid loss {last_valid['valid/loss']:.3f} "
+                              f"(best {self.best_valid:.3f})")
+                elif t.save_interval and self.step % t.save_interval == 0:
+                    self._save(["last.pt", f"step_{self.step}.pt"])
+            if not (self.run_dir / "checkpoints" / "last.pt").exists() or self.valid_data is None:
+                self._save(["last.pt"])
+        finally:
+            bar.close()
+            self.logger.close()
+        summary = {"step": self.step, "best_valid_loss": self.best_valid, "parameters": n_params, **last_valid}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _new_acc(self) -> dict[str, Any]:
+        return {"t0": time.perf_counter(), "steps": 0, "tokens": 0, "loss": 0.0, "nll": 0.0,
+                "nll_dir": torch.zeros(len(self.directions)), "tok_dir": torch.zeros(len(self.directions)),
+                "gnorm": 0.0, "aux": {}}
+
+    def _accumulate(self, acc: dict[str, Any], s: dict[str, Any]) -> None:
+        acc["steps"] += 1
+        acc["tokens"] += s["tokens"]
+        acc["loss"] += s["loss_sum"]
+        acc["nll"] += s["nll_sum"]
+        acc["nll_dir"] += s["nll_dir"]
+        acc["tok_dir"] += s["tok_dir"]
+        acc["gnorm"] += s["gnorm"]
+        acc["lr"] = s["lr"]
+        for k, v in s["aux"].items():
+            acc["aux"][k] = acc["aux"].get(k, 0.0) + v
+
+    def _log_record(self, acc: dict[str, Any]) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - acc["t0"], 1e-9)
+        tokens = max(acc["tokens"], 1)
+        record: dict[str, Any] = {
+            "step": self.step,
+            "train/loss": acc["loss"] / tokens,
+            "train/nll": acc["nll"] / tokens,
+            "train/ppl": math.exp(min(acc["nll"] / tokens, 50.0)),
+            "lr": acc["lr"],
+            "gnorm": acc["gnorm"] / acc["steps"],
+            "tokens_per_s": acc["tokens"] / elapsed,
+        }
+        for d, name in enumerate(self.directions):
+            if acc["tok_dir"][d] > 0:
+                record[f"train/loss/{name}"] = float(acc["nll_dir"][d] / acc["tok_dir"][d])
+        realised = self.loader.realised()
+        for name in self.directions:
+            record[f"sampling/target/{name}"] = self.probs[name]
+            record[f"sampling/realised/{name}"] = realised.get(name, 0.0)
+        for k, v in acc["aux"].items():
+            record[k] = v / acc["steps"]
+        return record

@@ -1,0 +1,88 @@
+"""``python -m nmt.translate ckpt=PATH src_lang=eng_Latn tgt_lang=fra_Latn < in.txt > out.txt``
+
+Exactly one output line per input line (an empty input line gives an empty output line).
+Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) instead of stdout,
+``beam``, ``lenpen``, ``batch_size``, ``device``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmt.cli import parse_overrides
+from nmt.errors import UserError, exit_on_user_error
+from nmt.langs import normalize_lang
+
+
+@dataclass
+class TranslateArgs:
+    ckpt: str = ""
+    src_lang: str = ""
+    tgt_lang: str = ""
+    input: str = ""  # default: stdin
+    output: str = ""  # default: stdout
+    beam: int = 0  # 0: the checkpoint's eval.beam
+    lenpen: float = -1.0  # <0: the checkpoint's eval.lenpen
+    batch_size: int = 0  # 0: the checkpoint's eval.batch_size
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        for key in ("ckpt", "src_lang", "tgt_lang"):
+            if not getattr(self, key):
+                raise UserError(f"missing {key}=...: usage: python -m nmt.translate ckpt=PATH "
+                                f"src_lang=eng_Latn tgt_lang=fra_Latn < input.txt")
+        normalize_lang(self.src_lang, where="src_lang")
+        normalize_lang(self.tgt_lang, where="tgt_lang")
+        if self.beam < 0 or self.batch_size < 0:
+            raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
+        if self.output and Path(self.output).is_dir():
+            raise UserError(f"output={self.output} is a directory; give a file path")
+
+
+def read_lines(path: str) -> list[str]:
+    name = path or "<stdin>"
+    raw = sys.stdin.buffer.read() if not path else _read_file(path)
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(line.rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{name}:{i}: invalid UTF-8 at byte {e.start}; convert the input to UTF-8") from None
+    return out
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read input={path}: {e.strerror}") from None
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_overrides(TranslateArgs, sys.argv[1:] if argv is None else argv)
+    lines = read_lines(args.input)
+    from nmt.inference import Translator
+
+    translator = Translator.from_checkpoint(args.ckpt, device=args.device)
+    hyps = translator.translate(
+        lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,
+        len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None)
+    text = "".join(h + "\n" for h in hyps)
+    if args.output:
+        tmp = Path(args.output + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, args.output)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

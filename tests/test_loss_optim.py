@@ -1,0 +1,38 @@
+"""Label smoothing and the learning-rate schedule against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from nmt.config import OptimConfig
+from nmt.training.loss import label_smoothed_nll
+from nmt.training.optim import inverse_sqrt_lr
+
+
+def test_label_smoothing_hand_computed():
+    # softmax([0, ln2, 0]) = [1/4, 1/2, 1/4]; gold = 1.
+    # target distribution [0.05, 0.9, 0.05] -> CE = 0.1*ln4 + 0.9*ln2 = 1.1*ln2
+    logits = torch.tensor([[[0.0, math.log(2.0), 0.0]]])
+    out = label_smoothed_nll(logits, torch.tensor([[1]]), epsilon=0.1)
+    assert out.loss.item() == pytest.approx(1.1 * math.log(2.0), rel=1e-6)
+    assert out.nll.item() == pytest.approx(math.log(2.0), rel=1e-6)
+    assert out.ntokens == 1
+
+
+def test_padding_and_per_direction_sums():
+    logits = torch.zeros(2, 2, 4)  # uniform over 4: nll = ln4 per token
+    target = torch.tensor([[0, 2], [1, 3]])  # first position of sentence 0 is ignored (pad / forced tag)
+    out = label_smoothed_nll(logits, target, epsilon=0.0, direction=torch.tensor([1, 0]), n_directions=2)
+    assert out.ntokens == 3
+    assert out.nll.item() == pytest.approx(3 * math.log(4.0))
+    assert out.nll_per_direction.tolist() == pytest.approx([2 * math.log(4.0), math.log(4.0)])
+    assert out.tokens_per_direction.tolist() == [2.0, 1.0]
+
+
+def test_inverse_sqrt_schedule():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=4, warmup_init_lr=0.0)
+    assert inverse_sqrt_lr(2, cfg) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(4, cfg) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(16, cfg) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(100, OptimConfig(lr=1e-3, warmup_steps=0)) == pytest.approx(1e-4)

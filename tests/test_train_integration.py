@@ -1,0 +1,88 @@
+"""End to end: the smoke recipe trains (loss falls), writes its run directory, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_module
+
+SMOKE = ["+recipe=smoke", "trainer.progress=false", "trainer.precision=fp32", "trainer.threads=1"]
+
+
+def train(corpus, run_dir, *overrides, check=True):
+    return run_module("nmt.train", *SMOKE, f"data.corpus={corpus}", f"hydra.run.dir={run_dir}", *overrides,
+                      check=check)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def full_run(prepared_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full")
+    train(prepared_corpus, run_dir)
+    return run_dir
+
+
+def test_smoke_run_learns_and_writes_its_run_directory(full_run):
+    records = [json.loads(line) for line in (full_run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+    assert records[-1]["train/nll"] < records[0]["train/nll"] - 1.0
+    last = records[-1]
+    for d in ("eng_Latn-fra_Latn", "fra_Latn-eng_Latn", "deu_Latn-eng_Latn", "eng_Latn-deu_Latn"):
+        assert f"train/loss/{d}" in last
+        assert last[f"sampling/target/{d}"] == pytest.approx(0.25)
+        assert abs(last[f"sampling/realised/{d}"] - 0.25) < 0.1
+    assert last["tokens_per_s"] > 0 and last["lr"] > 0
+    valid = [json.loads(line) for line in (full_run / "valid_log.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in valid] == [30, 60]
+    assert "valid/loss/eng_Latn-fra_Latn" in valid[-1]
+    assert (full_run / "config.yaml").read_text().count("max_steps: 60") == 1
+    assert (full_run / "checkpoints" / "last.pt").is_file() and (full_run / "checkpoints" / "best.pt").is_file()
+    assert list((full_run / "tb").glob("events.out.tfevents.*"))
+    assert (full_run / "spm.model").is_file()
+
+
+def test_resume_continues_exactly_from_the_checkpoint(prepared_corpus, full_run, tmp_path):
+    run_dir = tmp_path / "resumed"
+    train(prepared_corpus, run_dir, "trainer.max_steps=30")
+    first = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert first[-1]["step"] == 30
+    proc = train(prepared_corpus, run_dir, "trainer.resume=true")
+    assert "resumed from" in proc.stdout and "at step 30" in proc.stdout
+    records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+    # The interrupted + resumed run ends bit-identical to the uninterrupted one.
+    a, b = weights(full_run / "checkpoints" / "last.pt"), weights(run_dir / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten(prepared_corpus, full_run):
+    before = (full_run / "checkpoints" / "last.pt").read_bytes()
+    proc = train(prepared_corpus, full_run, check=False)
+    assert proc.returncode == 2
+    assert "trainer.resume=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert (full_run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sampling.temperature=0", "sampling.temperature"),
+    ("optim.warmup_steps=1000", "optim.warmup_steps"),
+    ("model.heads=3", "model.heads"),
+    ("model.dropout=-0.1", "model.dropout"),
+    ("trainer.max_steps=abc", "trainer.max_steps"),
+    ("data.directions=[eng_Latn-spa_Latn]", "data.directions"),
+    ("data.directions=[en-xx_Latn]", "xx_Latn"),
+    ("data.corpus=/nonexistent", "data.corpus"),
+])
+def test_bad_config_values_exit_2_naming_the_key(prepared_corpus, tmp_path, override, key):
+    proc = train(prepared_corpus, tmp_path / "run", override, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert key in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
