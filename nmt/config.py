@@ -78,7 +78,7 @@ class TrainerConfig:
     keep_last: int = 2  # step_N checkpoints kept
     resume: bool = False
     progress: bool = True
-    valid_max_batches: int = 0  # 0: whole validation split
+    valid_max_sentences: int = 0  # per direction (the first N); 0: whole validation split
 
 
 @dataclass
@@ -164,7 +164,7 @@ def validate(cfg: Config) -> None:
         _check(v >= 1, f"trainer.{key}", v, "use at least 1")
     _check(t.save_interval >= 0, "trainer.save_interval", t.save_interval, "use 0 (off) or a positive interval")
     _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
-    _check(t.valid_max_batches >= 0, "trainer.valid_max_batches", t.valid_max_batches, "use 0 (all) or more")
+    _check(t.valid_max_sentences >= 0, "trainer.valid_max_sentences", t.valid_max_sentences, "use 0 (all) or more")
 
     _check(e.beam >= 1, "eval.beam", e.beam, "use at least 1")
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "use at least 1")

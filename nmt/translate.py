@@ -67,10 +67,10 @@ def _read_file(path: str) -> bytes:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_overrides(TranslateArgs, sys.argv[1:] if argv is None else argv)
-    lines = read_lines(args.input)
     from nmt.inference import Translator
 
     translator = Translator.from_checkpoint(args.ckpt, device=args.device)
+    lines = read_lines(args.input)
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,
         len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None)

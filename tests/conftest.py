@@ -75,3 +75,19 @@ def corpus_copy(prepared_corpus, tmp_path) -> Path:
     dst = tmp_path / "corpus"
     shutil.copytree(prepared_corpus, dst)
     return dst
+
+
+SMOKE = ["+recipe=smoke", "trainer.progress=false", "trainer.precision=fp32", "trainer.threads=1"]
+
+
+def train_smoke(corpus: Path, run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_module("nmt.train", *SMOKE, f"data.corpus={corpus}", f"hydra.run.dir={run_dir}", *overrides,
+                      check=check)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(prepared_corpus, tmp_path_factory) -> Path:
+    """A finished 60-step smoke run (read-only)."""
+    run_dir = tmp_path_factory.mktemp("smoke_run")
+    train_smoke(prepared_corpus, run_dir)
+    return run_dir

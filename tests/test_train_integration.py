@@ -7,25 +7,16 @@ import json
 import pytest
 import torch
 
-from conftest import run_module
-
-SMOKE = ["+recipe=smoke", "trainer.progress=false", "trainer.precision=fp32", "trainer.threads=1"]
-
-
-def train(corpus, run_dir, *overrides, check=True):
-    return run_module("nmt.train", *SMOKE, f"data.corpus={corpus}", f"hydra.run.dir={run_dir}", *overrides,
-                      check=check)
+from conftest import train_smoke as train
 
 
 def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-@pytest.fixture(scope="module")
-def full_run(prepared_corpus, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("full")
-    train(prepared_corpus, run_dir)
-    return run_dir
+@pytest.fixture
+def full_run(smoke_run):
+    return smoke_run
 
 
 def test_smoke_run_learns_and_writes_its_run_directory(full_run):

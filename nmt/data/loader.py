@@ -367,6 +367,7 @@ class ValidLoader:
     sorted by length and packed by token budget, no sampling, nothing skipped (an example
     longer than ``max_tokens`` gets a batch of its own). Every batch holds one direction.
     Rank r of W takes batches r, r+W, ...: ranks may get different numbers of batches.
+    ``max_per_direction`` keeps only the first N examples of each direction (a fixed subset).
     """
 
     def __init__(
@@ -378,6 +379,7 @@ class ValidLoader:
         rank: int = 0,
         world_size: int = 1,
         pad_to_multiple: int = 1,
+        max_per_direction: int | None = None,
     ) -> None:
         check_budget(max_tokens, max_sentences)
         _check_rank(rank, world_size)
@@ -386,8 +388,9 @@ class ValidLoader:
         self._batches: list[tuple[int, np.ndarray]] = []
         for i in range(len(self.directions)):
             s_len, t_len = data.lengths(i)
-            local = np.arange(len(s_len), dtype=np.int64)
-            ex = Examples(np.full(len(local), i, dtype=np.int64), local, s_len, t_len)
+            n = len(s_len) if max_per_direction is None else min(len(s_len), max_per_direction)
+            local = np.arange(n, dtype=np.int64)
+            ex = Examples(np.full(n, i, dtype=np.int64), local, s_len[:n], t_len[:n])
             self._batches += [(i, b) for b in batch_by_tokens(ex, max_tokens, max_sentences)]
         self._batches = self._batches[rank::world_size]
 
@@ -400,6 +403,7 @@ class ValidLoader:
 
 
 def valid_batches(data: ParallelData, max_tokens: int, max_sentences: int | None = None, *,
-                  rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+                  rank: int = 0, world_size: int = 1, max_per_direction: int | None = None) -> Iterator[Batch]:
     """One deterministic pass over ``data`` (see :class:`ValidLoader`)."""
-    return iter(ValidLoader(data, max_tokens=max_tokens, max_sentences=max_sentences, rank=rank, world_size=world_size))
+    return iter(ValidLoader(data, max_tokens=max_tokens, max_sentences=max_sentences, rank=rank,
+                            world_size=world_size, max_per_direction=max_per_direction))

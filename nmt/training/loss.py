@@ -19,6 +19,41 @@ class LossOutput:
     tokens_per_direction: Tensor  # [n_directions]
 
 
+class _NllAndSmooth(torch.autograd.Function):
+    """Per-token ``nll = -log p_gold`` and ``smooth = Σ_v(-log p_v)`` (0 at ``PAD``) from one fp32
+    log-softmax, with a hand-written backward.
+
+    With ``p = softmax(z)``: ``∂nll/∂z = p - onehot(gold)`` and ``∂smooth/∂z = V·p - 1``, so the
+    logits' gradient is ``p·(g_nll + V·g_smooth) - g_smooth - g_nll·onehot(gold)``. Backward
+    turns the saved log-probabilities into it in place (exp, scale, shift, scatter) instead of
+    going through gather's, sum's and log_softmax's backward, which allocate and write three more
+    ``[B, T, V]`` fp32 tensors (measured: ~2.0 s → ~0.8 s for 4096×32k logits on one core).
+    Because the buffer is reused, a second backward through the same graph raises an error.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        pad = target.eq(PAD)
+        nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(pad, 0.0)
+        smooth = -lprobs.sum(-1).masked_fill(pad, 0.0)
+        ctx.save_for_backward(lprobs, target)
+        ctx.logits_dtype = logits.dtype
+        return nll, smooth
+
+    @staticmethod
+    def backward(ctx, g_nll: Tensor | None, g_smooth: Tensor | None) -> tuple[Tensor, None]:
+        lprobs, target = ctx.saved_tensors
+        vocab = lprobs.shape[-1]
+        pad = target.eq(PAD)
+        g_nll = torch.zeros_like(pad, dtype=lprobs.dtype) if g_nll is None else g_nll.masked_fill(pad, 0.0)
+        g_smooth = torch.zeros_like(g_nll) if g_smooth is None else g_smooth.masked_fill(pad, 0.0)
+        grad = lprobs.exp_()  # softmax, written over the saved log-probabilities
+        grad.mul_((g_nll + vocab * g_smooth).unsqueeze(-1)).sub_(g_smooth.unsqueeze(-1))
+        grad.scatter_add_(-1, target.unsqueeze(-1), -g_nll.unsqueeze(-1))
+        return grad.to(ctx.logits_dtype), None
+
+
 def label_smoothed_nll(
     logits: Tensor, target: Tensor, epsilon: float, direction: Tensor | None = None, n_directions: int = 0
 ) -> LossOutput:
@@ -29,12 +64,8 @@ def label_smoothed_nll(
     Log-probabilities are computed in fp32 whatever the logits' dtype.
     """
     vocab = logits.shape[-1]
-    lprobs = torch.log_softmax(logits.float(), dim=-1)
     keep = target.ne(PAD)
-    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    smooth = -lprobs.sum(-1)
-    nll = nll.masked_fill(~keep, 0.0)
-    smooth = smooth.masked_fill(~keep, 0.0)
+    nll, smooth = _NllAndSmooth.apply(logits, target)
     eps_i = epsilon / (vocab - 1) if vocab > 1 else 0.0
     loss = (1.0 - epsilon - eps_i) * nll.sum() + eps_i * smooth.sum()
     if direction is not None and n_directions > 0:

@@ -183,10 +183,8 @@ class Trainer:
         assert self.valid_data is not None
         nll = torch.zeros(len(self.valid_directions))
         tok = torch.zeros(len(self.valid_directions))
-        limit = self.cfg.trainer.valid_max_batches
-        for i, batch in enumerate(valid_batches(self.valid_data, self.cfg.data.max_tokens)):
-            if limit and i >= limit * len(self.valid_directions):
-                break
+        limit = self.cfg.trainer.valid_max_sentences or None
+        for batch in valid_batches(self.valid_data, self.cfg.data.max_tokens, max_per_direction=limit):
             _, out, _ = self._forward(batch, len(self.valid_directions))
             nll += out.nll_per_direction.cpu()
             tok += out.tokens_per_direction.cpu()
