@@ -67,6 +67,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
+    max_time_minutes: float = 0.0  # stop (validate, save) after this much training time; 0: no limit
     update_freq: int = 1  # gradient accumulation
     precision: str = "auto"  # auto (measure) | bf16 (autocast) | fp32
     device: str = "auto"  # auto | cpu | cuda
@@ -153,6 +154,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "use a value in [0, 1)")
 
     _check(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "use at least 1")
+    _check(t.max_time_minutes >= 0, "trainer.max_time_minutes", t.max_time_minutes, "use 0 (no limit) or more")
     _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps", o.warmup_steps,
            f"warm-up longer than trainer.max_steps={t.max_steps}: lower it or train longer")
     _check(t.update_freq >= 1, "trainer.update_freq", t.update_freq, "use at least 1")

@@ -23,7 +23,8 @@ def test_label_smoothing_hand_computed():
 def test_padding_and_per_direction_sums():
     logits = torch.zeros(2, 2, 4)  # uniform over 4: nll = ln4 per token
     target = torch.tensor([[0, 2], [1, 3]])  # first position of sentence 0 is ignored (pad / forced tag)
-    out = label_smoothed_nll(logits, target, epsilon=0.0, direction=torch.tensor([1, 0]), n_directions=2)
+    direction = torch.tensor([[1, 1], [0, 0]])  # per token
+    out = label_smoothed_nll(logits, target, epsilon=0.0, direction=direction, n_directions=2)
     assert out.ntokens == 3
     assert out.nll.item() == pytest.approx(3 * math.log(4.0))
     assert out.nll_per_direction.tolist() == pytest.approx([2 * math.log(4.0), math.log(4.0)])

@@ -146,9 +146,11 @@ class Transformer(nn.Module):
         cache: list[dict[str, dict[str, Tensor]]] | None = None,
         offset: int = 0,
         aux: dict[str, Tensor] | None = None,
+        output_mask: Tensor | None = None,
     ) -> Tensor:
-        """Decoder logits. With ``cache`` (from :meth:`new_cache`), ``prev_tokens`` holds only the
-        new positions starting at ``offset``."""
+        """Decoder logits ``[B, T, V]``. With ``cache`` (from :meth:`new_cache`), ``prev_tokens``
+        holds only the new positions starting at ``offset``. With ``output_mask`` ``[B, T]``,
+        only those positions are projected to the vocabulary: ``[N, V]`` (training skips padding)."""
         t = prev_tokens.shape[1]
         self_mask = None if cache is not None and t == 1 else causal_mask(t, prev_tokens.device)
         ctx = BatchContext(src_lang, tgt_lang, prev_tokens.eq(PAD), "decoder", 0, {} if aux is None else aux)
@@ -156,16 +158,20 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             ctx.layer = i
             x = layer(x, memory, self_mask, memory_mask, ctx, None if cache is None else cache[i])
-        return F.linear(self.decoder_ln(x), self.embed.weight)
+        x = self.decoder_ln(x)
+        if output_mask is not None:
+            x = x[output_mask]
+        return F.linear(x, self.embed.weight)
 
     def new_cache(self) -> list[dict[str, dict[str, Tensor]]]:
         return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
 
     def forward(self, src_tokens: Tensor, prev_tokens: Tensor, src_lang: Tensor | None = None,
-                tgt_lang: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                tgt_lang: Tensor | None = None, output_mask: Tensor | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
         aux: dict[str, Tensor] = {}
         memory, mask = self.encode(src_tokens, src_lang, tgt_lang, aux)
-        logits = self.decode(prev_tokens, memory, mask, src_lang, tgt_lang, aux=aux)
+        logits = self.decode(prev_tokens, memory, mask, src_lang, tgt_lang, aux=aux, output_mask=output_mask)
         return logits, aux
 
 

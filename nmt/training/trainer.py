@@ -24,7 +24,7 @@ from nmt.data.sampling import direction_probs
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.models.build import build_model
-from nmt.models.transformer import count_parameters
+from nmt.models.transformer import PAD, count_parameters
 from nmt.training.checkpoint import load_checkpoint, save_checkpoint
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll
@@ -135,9 +135,11 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, batch, n_directions: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         b = batch.to(self.device)
+        counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
-            logits, aux = self.model(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang)
-        out = label_smoothed_nll(logits, b.target, self.cfg.optim.label_smoothing, b.direction, n_directions)
+            logits, aux = self.model(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
+        direction = b.direction[:, None].expand_as(b.target)[counted]
+        out = label_smoothed_nll(logits, b.target[counted], self.cfg.optim.label_smoothing, direction, n_directions)
         return out.loss, out, aux
 
     def train_step(self) -> dict[str, Any]:
@@ -205,17 +207,23 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="train", dynamic_ncols=True)
         acc = self._new_acc()
         last_valid: dict[str, float] = {}
+        deadline = time.monotonic() + t.max_time_minutes * 60 if t.max_time_minutes > 0 else float("inf")
+        stop_reason = "max_steps"
         try:
             while self.step < t.max_steps:
                 stats = self.train_step()
                 self._accumulate(acc, stats)
                 bar.update(1)
-                if self.step % t.log_interval == 0 or self.step == t.max_steps:
+                final = self.step == t.max_steps
+                if time.monotonic() >= deadline:
+                    final, stop_reason = True, "max_time_minutes"
+                    bar.write(f"trainer.max_time_minutes={t.max_time_minutes} reached at step {self.step}: stopping")
+                if self.step % t.log_interval == 0 or final:
                     record = self._log_record(acc)
                     self.logger.train(record)
                     bar.set_postfix(loss=f"{record['train/nll']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                     acc = self._new_acc()
-                is_valid = self.step % t.valid_interval == 0 or self.step == t.max_steps
+                is_valid = self.step % t.valid_interval == 0 or final
                 if is_valid and self.valid_data is not None:
                     last_valid = self.validate()
                     self.logger.valid({"step": self.step, **last_valid})
@@ -230,12 +238,15 @@ class Trainer:
                               f"(best {self.best_valid:.3f})")
                 elif t.save_interval and self.step % t.save_interval == 0:
                     self._save(["last.pt", f"step_{self.step}.pt"])
+                if final:
+                    break
             if not (self.run_dir / "checkpoints" / "last.pt").exists() or self.valid_data is None:
                 self._save(["last.pt"])
         finally:
             bar.close()
             self.logger.close()
-        summary = {"step": self.step, "best_valid_loss": self.best_valid, "parameters": n_params, **last_valid}
+        summary = {"step": self.step, "stopped_by": stop_reason, "best_valid_loss": self.best_valid,
+                   "parameters": n_params, "precision": self.precision, **last_valid}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
