@@ -37,3 +37,22 @@ def test_inverse_sqrt_schedule():
     assert inverse_sqrt_lr(4, cfg) == pytest.approx(1e-3)
     assert inverse_sqrt_lr(16, cfg) == pytest.approx(5e-4)
     assert inverse_sqrt_lr(100, OptimConfig(lr=1e-3, warmup_steps=0)) == pytest.approx(1e-4)
+
+
+def test_hand_written_backward_matches_autograd():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11, dtype=torch.float32, requires_grad=True)
+    target = torch.tensor([3, 0, 5, 10, 1, 0, 7])  # two padded positions
+    out = label_smoothed_nll(logits, target, epsilon=0.2)
+    out.loss.backward()
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    lp = torch.log_softmax(ref_logits, -1)
+    keep = target.ne(0)
+    nll = -lp.gather(-1, target[:, None]).squeeze(-1)[keep]
+    smooth = -lp.sum(-1)[keep]
+    eps_i = 0.2 / 10
+    ref = (1 - 0.2 - eps_i) * nll.sum() + eps_i * smooth.sum()
+    ref.backward()
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)
+    assert torch.all(logits.grad[target.eq(0)] == 0)

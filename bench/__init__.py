@@ -1,0 +1,1 @@
+"""Benchmarks (never run by the test suite except as a smoke run); see bench/README.md."""
