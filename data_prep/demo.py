@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_dir = run_dir / "eval" / "devtest"
     step("evaluate", (eval_dir / "results.json").exists(),
          ["nmt.evaluate", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"flores.dir={corpus / 'flores'}",
-          "split=devtest", f"baselines.corpus={corpus}", f"out_dir={eval_dir}"])
+          "split=devtest", f"baselines.corpus={corpus}", f"out_dir={eval_dir}", "batch_size=200"])
 
     results = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
     model = results["averages"]["all"]["chrf++"]
