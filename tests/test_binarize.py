@@ -117,7 +117,7 @@ def test_check_bin_matches_rejects_other_vocabulary(corpus_copy: Path, plain_mod
 
 # -- bad inputs: one `error:` line, exit code 2, no traceback ------------------------------------
 
-def _one_error_line(r, *needles: str) -> None:
+def check_one_error_line(r, *needles: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
@@ -127,18 +127,18 @@ def _one_error_line(r, *needles: str) -> None:
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
-    _one_error_line(run_cli("data_prep.binarize", "--corpus", tmp_path), "manifest.json", "import_corpus")
-    _one_error_line(run_cli("data_prep.train_spm", "--corpus", tmp_path), "manifest.json", "demo_corpus")
+    check_one_error_line(run_cli("data_prep.binarize", "--corpus", tmp_path), "manifest.json", "import_corpus")
+    check_one_error_line(run_cli("data_prep.train_spm", "--corpus", tmp_path), "manifest.json", "demo_corpus")
 
 
 def test_missing_spm(corpus_copy: Path) -> None:
     (corpus_copy / "spm.model").unlink()
-    _one_error_line(run_cli("data_prep.binarize", "--corpus", corpus_copy), "spm.model", "train_spm")
+    check_one_error_line(run_cli("data_prep.binarize", "--corpus", corpus_copy), "spm.model", "train_spm")
 
 
 def test_spm_without_tags(corpus_copy: Path, plain_model: Path) -> None:
     r = run_cli("data_prep.binarize", "--corpus", corpus_copy, "--spm", plain_model)
-    _one_error_line(r, str(plain_model), "train_spm")
+    check_one_error_line(r, str(plain_model), "train_spm")
     assert not (corpus_copy / "bin").exists()
 
 
@@ -146,7 +146,7 @@ def test_mismatched_sha_needs_overwrite(corpus_copy: Path) -> None:
     (corpus_copy / "bin").mkdir()
     (corpus_copy / "bin" / "meta.json").write_text(json.dumps({"spm_sha256": "0" * 64, "vocab_size": 400}))
     r = run_cli("data_prep.binarize", "--corpus", corpus_copy)
-    _one_error_line(r, "different SentencePiece model", "--overwrite")
+    check_one_error_line(r, "different SentencePiece model", "--overwrite")
     r = run_cli("data_prep.binarize", "--corpus", corpus_copy, "--overwrite", "--workers", "1")
     assert r.returncode == 0, r.stderr
     binarize.check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
@@ -155,16 +155,16 @@ def test_mismatched_sha_needs_overwrite(corpus_copy: Path) -> None:
 def test_line_count_mismatch(corpus_copy: Path) -> None:
     src = corpus_copy / "bitext" / "valid" / "eng_Latn-fra_Latn.fra_Latn"
     src.write_text("".join(x + "\n" for x in _lines(src)[:-1]), encoding="utf-8")
-    _one_error_line(run_cli("data_prep.binarize", "--corpus", corpus_copy, "--workers", "1"),
+    check_one_error_line(run_cli("data_prep.binarize", "--corpus", corpus_copy, "--workers", "1"),
                     str(src), "19 lines")
     assert not (corpus_copy / "bin").exists()
 
 
 def test_train_spm_errors(corpus_copy: Path) -> None:
-    _one_error_line(run_cli("data_prep.train_spm", "--corpus", corpus_copy), "already exists", "--overwrite")
+    check_one_error_line(run_cli("data_prep.train_spm", "--corpus", corpus_copy), "already exists", "--overwrite")
     r = run_cli("data_prep.train_spm", "--corpus", corpus_copy, "--vocab-size", "20000", "--overwrite")
-    _one_error_line(r, "--vocab-size 20000", "lower --vocab-size")
-    _one_error_line(run_cli("data_prep.train_spm", "--corpus", corpus_copy, "--vocab-size", "100"),
+    check_one_error_line(r, "--vocab-size 20000", "lower --vocab-size")
+    check_one_error_line(run_cli("data_prep.train_spm", "--corpus", corpus_copy, "--vocab-size", "100"),
                     "too small")
     assert Tokenizer(corpus_copy / "spm.model").vocab_size == 400, "a failed run keeps the old model"
     assert not [p for p in corpus_copy.iterdir() if p.name.startswith(".")], "temp dirs left behind"
