@@ -1,0 +1,43 @@
+"""Trainer internals: gradient accumulation equals one large batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from nmt.config import register
+from nmt.training.trainer import Trainer
+
+register()
+
+
+def make_trainer(corpus, run_dir, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        d = compose("config", overrides=["+recipe=smoke", f"data.corpus={corpus}", "trainer.progress=false",
+                                         "trainer.precision=fp32", "model.dropout=0.0", *overrides])
+    return Trainer(OmegaConf.to_object(d), run_dir, OmegaConf.to_container(d, resolve=True))
+
+
+def test_gradient_accumulation_equals_one_large_batch(prepared_corpus, tmp_path):
+    one = make_trainer(prepared_corpus, tmp_path / "a", "trainer.update_freq=1")
+    two = make_trainer(prepared_corpus, tmp_path / "b", "trainer.update_freq=2")
+    two.model.load_state_dict(one.model.state_dict())
+    data = one.train_data
+    d = np.array([0, 0, 1, 2, 3, 3])
+    local = np.array([0, 1, 2, 3, 4, 5])
+    full = data.collate(d, local)
+    halves = iter([data.collate(d[:2], local[:2]), data.collate(d[2:], local[2:])])
+    one.loader = iter([full])
+    two.loader = halves
+    # Stop before the optimizer changes anything: compare the normalised gradients.
+    for t in (one, two):
+        t.optimizer.step = lambda: None
+        t.optimizer.zero_grad = lambda set_to_none=True: None
+    s1, s2 = one.train_step(), two.train_step()
+    assert s1["tokens"] == s2["tokens"] == int(full.target.ne(0).sum())
+    assert abs(s1["nll_sum"] - s2["nll_sum"]) < 1e-3
+    for (name, p1), (_, p2) in zip(one.model.named_parameters(), two.model.named_parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-6, rtol=1e-4), name
