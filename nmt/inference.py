@@ -59,6 +59,8 @@ class Translator:
         except RuntimeError as e:
             raise UserError(f"checkpoint {path} does not match its own model config "
                             f"({str(e).splitlines()[0][:200]})") from None
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda but no CUDA device is visible; use device=cpu or auto")
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
         return cls(model.to(dev), tok, _dataclass_from(EvalConfig, cfg.get("eval", {})), dev)

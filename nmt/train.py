@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nmt.config import Config, register, validate
 from nmt.errors import EXIT_USER_ERROR, UserError, fail
@@ -35,6 +36,8 @@ def _main(dcfg: DictConfig) -> float | None:
         return summary.get("valid/loss")
     except UserError as e:
         fail(str(e))
+    except OmegaConfBaseException as e:
+        fail(f"bad config: {str(e).splitlines()[0]}")
     return None
 
 

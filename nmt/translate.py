@@ -27,7 +27,8 @@ class TranslateArgs:
     beam: int = 0  # 0: the checkpoint's eval.beam
     lenpen: float = -1.0  # <0: the checkpoint's eval.lenpen
     batch_size: int = 0  # 0: the checkpoint's eval.batch_size
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | auto
+    overwrite: bool = False  # replace an existing output=FILE
 
     def validate(self) -> None:
         for key in ("ckpt", "src_lang", "tgt_lang"):
@@ -38,8 +39,16 @@ class TranslateArgs:
         normalize_lang(self.tgt_lang, where="tgt_lang")
         if self.beam < 0 or self.batch_size < 0:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
-        if self.output and Path(self.output).is_dir():
-            raise UserError(f"output={self.output} is a directory; give a file path")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
+        if self.output:
+            out = Path(self.output)
+            if out.is_dir():
+                raise UserError(f"output={self.output} is a directory; give a file path")
+            if not out.parent.is_dir():
+                raise UserError(f"output={self.output}: directory {out.parent} does not exist")
+            if out.exists() and not self.overwrite:
+                raise UserError(f"output={self.output} exists; pass overwrite=true to replace it")
 
 
 def read_lines(path: str) -> list[str]:
@@ -77,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     text = "".join(h + "\n" for h in hyps)
     if args.output:
         tmp = Path(args.output + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, args.output)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, args.output)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write output={args.output}: {e.strerror}") from None
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -77,3 +77,10 @@ def test_bad_config_values_exit_2_naming_the_key(prepared_corpus, tmp_path, over
     assert key in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_run_without_validation_still_writes_best(prepared_corpus, tmp_path):
+    run_dir = tmp_path / "novalid"
+    train(prepared_corpus, run_dir, "data.valid_directions=[none]", "trainer.max_steps=12")
+    assert (run_dir / "checkpoints" / "best.pt").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    assert not (run_dir / "valid_log.jsonl").exists()

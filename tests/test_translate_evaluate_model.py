@@ -31,11 +31,15 @@ def test_translate_bad_inputs(smoke_run, tmp_path):
         ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"input={bad}"], "bad.txt:2"),
         ([f"ckpt={tmp_path / 'none.pt'}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"input={bad}"], "none.pt"),
         (["src_lang=eng_Latn", "tgt_lang=fra_Latn"], "ckpt"),
+        ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"input={bad}", f"output={bad}"], "overwrite=true"),
+        ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"output={tmp_path / 'no' / 'x.txt'}"], "does not exist"),
+        ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", "device=gpu"], "device"),
     ]
     for args, needle in cases:
         proc = run_module("nmt.translate", *args, check=False)
         assert proc.returncode == 2, (args, proc.stderr)
         assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert bad.read_bytes() == b"fine\n\xff\xfe broken\n"  # never overwritten
 
 
 def test_corrupt_checkpoint_is_refused_clearly(smoke_run, tmp_path):

@@ -2,7 +2,8 @@
 
 Decoder prefix is ``</s> __tgt__``; hypotheses are scored by the sum of token log-probabilities
 divided by ``length ** lenpen`` where ``length`` counts generated tokens including ``</s>``
-(fairseq's normalisation). A sentence stops once ``beam`` hypotheses have finished, or at
+(fairseq's normalisation, except that the forced tag is neither counted nor scored: fairseq
+decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence stops once ``beam`` hypotheses have finished, or at
 ``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced.
 """
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -68,6 +67,9 @@ class Trainer:
         self.valid_data = (ParallelData.open(corpus, "valid", self.valid_directions, max_source_positions=max_pos,
                                              max_target_positions=max_pos)
                            if self.valid_directions else None)
+        if self.valid_data is not None and sum(self.valid_data.sizes().values()) == 0:
+            raise UserError(f"the valid split of {corpus} has no usable segments for {', '.join(self.valid_directions)}; "
+                            f"import a valid split or train without validation (data.valid_directions=[none])")
 
         self.model = build_model(cfg.model, self.tokenizer.vocab_size).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -97,14 +99,9 @@ class Trainer:
         }
 
     def _save(self, names: list[str]) -> None:
-        ckpt_dir = self.run_dir / "checkpoints"
         state = self._state()
-        first = ckpt_dir / names[0]
-        save_checkpoint(state, first)
-        for name in names[1:]:
-            tmp = ckpt_dir / (name + ".tmp")
-            shutil.copyfile(first, tmp)
-            tmp.replace(ckpt_dir / name)
+        for name in names:  # each file written atomically on its own
+            save_checkpoint(state, self.run_dir / "checkpoints" / name)
         self._prune()
 
     def _prune(self) -> None:
@@ -204,7 +201,8 @@ class Trainer:
         n_params = count_parameters(self.model)
         print(f"model: {n_params / 1e6:.2f}M parameters; {len(self.directions)} directions; "
               f"device {self.device}, precision {self.precision}; run dir {self.run_dir}", flush=True)
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc="train", dynamic_ncols=True)
+        desc = f"train (stops after {t.max_time_minutes:g} min)" if t.max_time_minutes > 0 else "train"
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc=desc, dynamic_ncols=True)
         acc = self._new_acc()
         last_valid: dict[str, float] = {}
         deadline = time.monotonic() + t.max_time_minutes * 60 if t.max_time_minutes > 0 else float("inf")
@@ -240,8 +238,8 @@ class Trainer:
                     self._save(["last.pt", f"step_{self.step}.pt"])
                 if final:
                     break
-            if not (self.run_dir / "checkpoints" / "last.pt").exists() or self.valid_data is None:
-                self._save(["last.pt"])
+            if self.valid_data is None:  # no validation: best.pt is the latest model
+                self._save(["last.pt", "best.pt"])
         finally:
             bar.close()
             self.logger.close()
