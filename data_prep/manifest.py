@@ -16,15 +16,12 @@ file under the final name, and an existing output is replaced only when asked to
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from nmt.errors import UserError
+from nmt.fileio import atomic_dir, atomic_file, check_writable  # noqa: F401  (re-exported)
 
 FORMAT = 1
 SPLITS = ("train", "valid", "test")
@@ -125,56 +122,3 @@ def write_manifest(corpus_dir: Path | str, manifest: dict) -> Path:
     return path
 
 
-def check_writable(path: Path, overwrite: bool, *, is_dir: bool) -> None:
-    """UserError if ``path`` exists (and is not an empty directory) and ``overwrite`` is off."""
-    if not path.exists():
-        return
-    if is_dir and path.is_file():
-        raise UserError(f"{path}: is a file, but an output directory is needed here; "
-                        "give another path or remove the file")
-    if not is_dir and path.is_dir():
-        raise UserError(f"{path}: is a directory, but an output file is needed here; give another path")
-    if is_dir and not any(path.iterdir()):
-        return
-    if not overwrite:
-        raise UserError(f"{path}: already exists; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield ``<path>.tmp`` to write; on success it is renamed to ``path``, on error removed."""
-    path = Path(path)
-    check_writable(path, overwrite, is_dir=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
-
-    An existing ``path`` is replaced only with ``overwrite`` (an empty directory always is);
-    on error the temporary directory is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    check_writable(path, overwrite, is_dir=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

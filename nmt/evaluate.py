@@ -41,11 +41,12 @@ from tqdm import tqdm
 
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
+from nmt.fileio import atomic_write
 from nmt.eval import flores
 from nmt.eval.baselines import RetrievalBaseline, copy_baseline
 from nmt.eval.flores import read_text_lines
 from nmt.eval.metrics import Scorer, check_line_counts
-from nmt.eval.report import atomic_write, build_results, check_out_dir, print_table, write_report
+from nmt.eval.report import build_results, check_out_dir, print_table, write_report
 from nmt.langs import ENGLISH, parse_direction
 
 HYP_SUFFIX = ".hyp"

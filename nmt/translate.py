@@ -7,13 +7,13 @@ Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) i
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
+from nmt.fileio import atomic_write
 from nmt.langs import normalize_lang
 
 
@@ -85,13 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None)
     text = "".join(h + "\n" for h in hyps)
     if args.output:
-        tmp = Path(args.output + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, args.output)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"cannot write output={args.output}: {e.strerror}") from None
+        atomic_write(args.output, text, overwrite=args.overwrite)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

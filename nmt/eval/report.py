@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 from nmt.errors import UserError
+from nmt.fileio import atomic_write
 from nmt.langs import direction_group
 
 GROUPS = ("all", "en-xx", "xx-en", "xx-yy")
@@ -197,20 +197,6 @@ def chart_png(results: dict) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-
-
-def atomic_write(path: str | Path, data: bytes | str, *, overwrite: bool = False) -> None:
-    """Write ``path`` via ``<path>.tmp`` + rename; refuse to replace an existing file."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise UserError(f"{p} already exists; choose another out_dir or pass overwrite=true")
-    tmp = p.with_name(p.name + ".tmp")
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    with open(tmp, "wb") as f:
-        f.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 def check_out_dir(out_dir: str | Path, *, overwrite: bool = False, key: str = "out_dir") -> Path:

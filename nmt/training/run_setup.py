@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from nmt.errors import UserError
+from nmt.fileio import atomic_write
 from nmt.langs import parse_direction
 
 
@@ -78,6 +78,4 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, resume: bool
             raise UserError(f"{local} differs from the corpus vocabulary {spm_path}: this run was started with "
                             f"another corpus; use another hydra.run.dir")
     else:
-        tmp = run_dir / "spm.model.tmp"
-        shutil.copyfile(spm_path, tmp)
-        tmp.replace(local)
+        atomic_write(local, spm_path.read_bytes())
