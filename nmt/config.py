@@ -16,6 +16,33 @@ from nmt.errors import UserError
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-Experts feed-forward layers (GShard/NLLB semantics, see nmt/models/moe.py)."""
+
+    experts: int = 0  # 0: a dense model
+    top_k: int = 2  # 1 | 2
+    expert_ffn_dim: int = 0  # 0: model.ffn_dim
+    encoder_freq: int = 0  # encoder layer i is MoE when (i+1) % encoder_freq == 0; 0: none
+    decoder_freq: int = 0  # same for the decoder
+    second_expert_policy: str = "all"  # all (NLLB) | sampling (Gumbel noise) | random (keep if 2*g2 > U)
+    capacity_factor: float = 1.0  # C = ceil(capacity_factor * top_k * tokens / experts)
+    dropless: bool = False  # no capacity: every assignment is computed
+    eval_capacity_token_fraction: float = 1.0  # eval C = ceil(fraction * tokens); <= 0: training rule
+    batch_prioritized: bool = False  # fill slots by router confidence instead of token order
+    normalize_before_dropping: bool = False  # NLLB: renormalise g1, g2 over the surviving assignments
+    balance_loss_weight: float = 0.01  # load-balancing loss weight (summed over layers)
+    z_loss_weight: float = 0.0  # router z-loss weight (ST-MoE); 0: off
+    eom: float = 0.0  # expert output masking rate
+    fom: float = 0.0  # final output masking rate
+    inverted_masking: bool = False  # EOM/FOM: scale by 1/(1-p) in training instead of (1-p) at eval
+    cmr: bool = False  # conditional MoE routing: y = (1-g) dense(x) + g moe(x)
+    cmr_gate_dropout: float = 0.0
+    cmr_budget: float = 0.8  # target share p of tokens sent to the MoE branch
+    cmr_loss_weight: float = 0.1
+    impl: str = "native"  # native | fairscale (reference backend, optional extra)
+
+
+@dataclass
 class ModelConfig:
     preset: str = "tiny"
     d_model: int = 128
@@ -30,6 +57,7 @@ class ModelConfig:
     max_positions: int = 512
     scale_embedding: bool = True
     attention: str = "auto"  # auto (= sdpa) | sdpa | math
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 @dataclass
@@ -114,6 +142,39 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise UserError(f"config key {key}={value!r} is not allowed: {allowed}")
 
 
+def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
+    _check(x.experts >= 0, "model.moe.experts", x.experts, "use 0 (dense) or a positive count")
+    if x.experts == 0:
+        _check(x.encoder_freq == 0 and x.decoder_freq == 0, "model.moe.experts", x.experts,
+               "set a positive expert count when model.moe.encoder_freq/decoder_freq place MoE layers")
+        return
+    _check(x.top_k in (1, 2), "model.moe.top_k", x.top_k, "use 1 or 2")
+    _check(x.experts >= x.top_k, "model.moe.experts", x.experts, f"need at least top_k={x.top_k} experts")
+    _check(x.expert_ffn_dim >= 0, "model.moe.expert_ffn_dim", x.expert_ffn_dim, "use 0 (model.ffn_dim) or more")
+    for key, layers in (("encoder_freq", m.encoder_layers), ("decoder_freq", m.decoder_layers)):
+        v = getattr(x, key)
+        _check(0 <= v <= layers, f"model.moe.{key}", v, f"use 0 (no MoE layer) up to the layer count {layers}")
+    _check(x.encoder_freq > 0 or x.decoder_freq > 0, "model.moe.encoder_freq", x.encoder_freq,
+           "model.moe.experts > 0 needs MoE layers: set model.moe.encoder_freq and/or decoder_freq (e.g. 4)")
+    policies = ("all", "sampling", "random")
+    _check(x.second_expert_policy in policies, "model.moe.second_expert_policy", x.second_expert_policy,
+           "use one of " + ", ".join(policies))
+    _check(x.capacity_factor > 0, "model.moe.capacity_factor", x.capacity_factor, "use a value > 0 (1.0 = fairseq)")
+    _check(x.eval_capacity_token_fraction <= 1.0, "model.moe.eval_capacity_token_fraction",
+           x.eval_capacity_token_fraction, "use a value <= 1 (1.0: no drops at eval; <= 0: training rule)")
+    for key in ("balance_loss_weight", "z_loss_weight", "cmr_loss_weight"):
+        _check(getattr(x, key) >= 0, f"model.moe.{key}", getattr(x, key), "use a value >= 0")
+    for key in ("eom", "fom", "cmr_gate_dropout"):
+        _check(0 <= getattr(x, key) < 1, f"model.moe.{key}", getattr(x, key), "use a rate in [0, 1)")
+    _check(0 <= x.cmr_budget <= 1, "model.moe.cmr_budget", x.cmr_budget, "use a share in [0, 1]")
+    _check(x.impl in ("native", "fairscale"), "model.moe.impl", x.impl, "use native or fairscale")
+    if x.impl == "fairscale":
+        _check(x.top_k == 2 and x.second_expert_policy == "sampling" and not x.dropless and x.eom == 0
+               and x.fom == 0 and not x.batch_prioritized and x.capacity_factor == 1.0,
+               "model.moe.impl", x.impl, "fairscale's Top2Gate is fixed to top_k=2, second_expert_policy=sampling, "
+               "capacity_factor=1.0, no dropless/EOM/FOM/batch_prioritized: change those keys or use impl=native")
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; the first violation raises a UserError naming its key."""
     m, d, s, o, t, e = cfg.model, cfg.data, cfg.sampling, cfg.optim, cfg.trainer, cfg.eval
@@ -128,6 +189,7 @@ def validate(cfg: Config) -> None:
         _check(0.0 <= v < 1.0, f"model.{key}", v, "use a value in [0, 1)")
     _check(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use relu or gelu")
     _check(m.attention in ("auto", "sdpa", "math"), "model.attention", m.attention, "use auto, sdpa or math")
+    validate_moe(m.moe, m)
 
     _check(d.max_tokens >= 8, "data.max_tokens", d.max_tokens, "use at least 8 tokens per batch")
     _check(d.max_sentences >= 0, "data.max_sentences", d.max_sentences, "use 0 (no limit) or a positive number")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +18,14 @@ from nmt.training.checkpoint import load_checkpoint
 
 
 def _dataclass_from(cls, d: dict):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
+    """Rebuild a config dataclass (nested ones too, e.g. ModelConfig.moe) from a saved dict."""
+    out = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
+        out[f.name] = _dataclass_from(type(default), d[f.name]) if is_dataclass(default) else d[f.name]
+    return cls(**out)
 
 
 def find_tokenizer(ckpt_path: Path, state: dict) -> Tokenizer:

@@ -1,4 +1,4 @@
-"""Smoke run of the training-throughput benchmark: it runs and prints its JSON line. Times nothing."""
+"""Smoke runs of the benchmarks: each runs and prints its JSON line. Times nothing."""
 
 import importlib.util
 import json
@@ -30,3 +30,19 @@ def test_quick_fp32_run_prints_one_json_line(tmp_path):
     assert report["ratios"]["fp32"] > 0
     assert report["cores"]["torch_threads"] == 1
     assert report["params"]["ours"] == report["params"]["peer"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fairscale") is None, reason="fairscale is not installed")
+def test_moe_layer_bench_quick_run_prints_one_json_line():
+    proc = run_module("bench.moe_layer", "--quick", "--precisions", "fp32", timeout=240)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = report["results"]["fp32"]["4"]
+    assert {"ours_s", "fairscale_s", "speedup", "ours_extra_mb", "fairscale_extra_mb", "memory_ratio"} <= row.keys()
+    assert row["speedup"] > 0 and report["targets"] == {"speedup": 3.0, "memory_ratio": 2.0}
+
+
+def test_moe_model_bench_quick_run_prints_one_json_line():
+    proc = run_module("bench.moe_model", "--quick", timeout=240)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ratio"] > 0 and report["moe_step_s"] > 0 and report["dense_step_s"] > 0
+    assert report["expert_hidden"] * 2 == report["dense_hidden"]

@@ -66,13 +66,15 @@ def test_existing_run_is_not_overwritten(prepared_corpus, full_run):
     ("optim.warmup_steps=1000", "optim.warmup_steps"),
     ("model.heads=3", "model.heads"),
     ("model.dropout=-0.1", "model.dropout"),
+    ("model.moe.encoder_freq=2", "model.moe.experts"),
+    ("model.moe.experts=4 model.moe.top_k=3", "model.moe.top_k"),
     ("trainer.max_steps=abc", "trainer.max_steps"),
     ("data.directions=[eng_Latn-spa_Latn]", "data.directions"),
     ("data.directions=[en-xx_Latn]", "xx_Latn"),
     ("data.corpus=/nonexistent", "data.corpus"),
 ])
 def test_bad_config_values_exit_2_naming_the_key(prepared_corpus, tmp_path, override, key):
-    proc = train(prepared_corpus, tmp_path / "run", override, check=False)
+    proc = train(prepared_corpus, tmp_path / "run", *override.split(), check=False)
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,4 +1,6 @@
-"""Run logs: one JSON object per line in ``train_log.jsonl`` and the same scalars in TensorBoard."""
+"""Run logs: one JSON object per line in ``train_log.jsonl`` and the same values in TensorBoard
+(scalars as scalars; vectors such as per-expert load as one scalar per entry, or a histogram
+beyond 32 entries)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class RunLogger:
@@ -28,6 +32,12 @@ class RunLogger:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
+            elif isinstance(value, list) and value:  # a vector statistic, e.g. per-expert load
+                if len(value) <= 32:
+                    for i, v in enumerate(value):
+                        self._tb.add_scalar(f"{key}/{i}", v, step)
+                else:
+                    self._tb.add_histogram(key, torch.tensor(value), step)
         self._tb.flush()
 
     def train(self, record: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, count_parameters
+from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import load_checkpoint, save_checkpoint
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll
@@ -144,14 +145,14 @@ class Trainer:
         total_tokens, loss_sum, nll_sum = 0, 0.0, 0.0
         nll_dir = torch.zeros(len(self.directions))
         tok_dir = torch.zeros(len(self.directions))
-        aux_sums: dict[str, float] = {}
+        aux_meter = AuxMeter()
         for _ in range(self.cfg.trainer.update_freq):
             batch = next(self.loader)
             loss, out, aux = self._forward(batch, len(self.directions))
             for key, value in aux.items():
                 if key.startswith("loss/"):
                     loss = loss + value * out.ntokens  # aux losses are per-token means
-                aux_sums[key] = aux_sums.get(key, 0.0) + float(value.detach())
+            aux_meter.add(aux)
             loss.backward()
             total_tokens += out.ntokens
             loss_sum += float(out.loss.detach())
@@ -171,10 +172,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        n = self.cfg.trainer.update_freq
         return {"tokens": total_tokens, "loss_sum": loss_sum, "nll_sum": nll_sum, "nll_dir": nll_dir,
-                "tok_dir": tok_dir, "gnorm": float(gnorm), "lr": lr,
-                "aux": {k: v / n for k, v in aux_sums.items()}}
+                "tok_dir": tok_dir, "gnorm": float(gnorm), "lr": lr, "aux": aux_meter}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -183,11 +182,19 @@ class Trainer:
         nll = torch.zeros(len(self.valid_directions))
         tok = torch.zeros(len(self.valid_directions))
         limit = self.cfg.trainer.valid_max_sentences or None
+        aux_by_direction: dict[str, AuxMeter] = {}
         for batch in valid_batches(self.valid_data, self.cfg.data.max_tokens, max_per_direction=limit):
-            _, out, _ = self._forward(batch, len(self.valid_directions))
+            _, out, aux = self._forward(batch, len(self.valid_directions))
             nll += out.nll_per_direction.cpu()
             tok += out.tokens_per_direction.cpu()
-        record: dict[str, float] = {}
+            if aux:  # every validation batch holds one direction
+                name = self.valid_directions[int(batch.direction[0])]
+                aux_by_direction.setdefault(name, AuxMeter()).add(aux)
+        record: dict[str, Any] = validation_record(aux_by_direction)
+        loads = expert_load_table(aux_by_direction)
+        if loads:
+            plot_expert_load(loads, self.run_dir / "plots" / f"expert_load_step{self.step}.png",
+                             f"expert load by layer and language pair, step {self.step}")
         for d, name in enumerate(self.valid_directions):
             if tok[d] > 0:
                 record[f"valid/loss/{name}"] = float(nll[d] / tok[d])
@@ -251,7 +258,7 @@ class Trainer:
     def _new_acc(self) -> dict[str, Any]:
         return {"t0": time.perf_counter(), "steps": 0, "tokens": 0, "loss": 0.0, "nll": 0.0,
                 "nll_dir": torch.zeros(len(self.directions)), "tok_dir": torch.zeros(len(self.directions)),
-                "gnorm": 0.0, "aux": {}}
+                "gnorm": 0.0, "aux": AuxMeter()}
 
     def _accumulate(self, acc: dict[str, Any], s: dict[str, Any]) -> None:
         acc["steps"] += 1
@@ -262,8 +269,7 @@ class Trainer:
         acc["tok_dir"] += s["tok_dir"]
         acc["gnorm"] += s["gnorm"]
         acc["lr"] = s["lr"]
-        for k, v in s["aux"].items():
-            acc["aux"][k] = acc["aux"].get(k, 0.0) + v
+        acc["aux"].merge(s["aux"])
 
     def _log_record(self, acc: dict[str, Any]) -> dict[str, Any]:
         elapsed = max(time.perf_counter() - acc["t0"], 1e-9)
@@ -284,6 +290,5 @@ class Trainer:
         for name in self.directions:
             record[f"sampling/target/{name}"] = self.probs[name]
             record[f"sampling/realised/{name}"] = realised.get(name, 0.0)
-        for k, v in acc["aux"].items():
-            record[k] = v / acc["steps"]
+        record.update(to_record(acc["aux"].means()))
         return record

@@ -1,0 +1,176 @@
+"""One MoE layer, forward + backward: our index-based dispatch against fairscale's GShard MOELayer.
+
+    python -m bench.moe_layer [--tokens 4096 --d-model 512 --hidden 2048 --experts 4,8,16
+                               --precisions fp32,bf16 --repeats 3 --force-bf16 --quick --out FILE]
+
+Both layers: top-2, capacity factor 1.0 (2·S/E slots), second expert sampled with Gumbel noise
+(fairscale's only policy; ours with ``second_expert_policy=sampling``), ReLU experts of width
+``hidden``, the balancing loss added to the loss. One step = forward, ``(y·w).sum() + l_aux``,
+backward. For every expert count the two are timed interleaved (ours, fairscale, fairscale,
+ours, ...) and the medians compared: ``speedup = fairscale / ours``.
+
+Memory: every (layer, E, precision) also runs once in a fresh child process, which reports the
+growth of its peak resident set size over one step (``ru_maxrss`` after the step minus before it;
+inputs and weights already allocated): the *extra* memory of a training step.
+``memory_ratio = fairscale extra / ours extra``. Targets (issue #3): speedup ≥ 3 and
+memory_ratio ≥ 2 at every E. bf16 runs only where a bf16 matmul is faster than fp32 on this
+machine (``--force-bf16`` runs it anyway). The last stdout line is one JSON object, also written to
+bench/results/moe_layer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nmt.config import MoEConfig
+from nmt.models.moe import MoELayer
+from nmt.training.precision import choose_precision
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def make_step(impl: str, tokens: int, d: int, hidden: int, experts: int, precision: str) -> Callable[[], None]:
+    """Build one layer and its inputs; return a function that runs one forward + backward."""
+    torch.manual_seed(0)
+    x = torch.randn(tokens, d, requires_grad=True)
+    w = torch.randn(tokens, d)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    if impl == "ours":
+        cfg = MoEConfig(experts=experts, top_k=2, encoder_freq=1, capacity_factor=1.0,
+                        second_expert_policy="sampling")
+        layer: nn.Module = MoELayer(d, hidden, cfg, "enc0")
+
+        def forward() -> torch.Tensor:
+            aux: dict[str, torch.Tensor] = {}
+            y = layer.forward_tokens(x, aux)
+            return (y.float() * w).sum() + aux["moe/enc0/balance"]
+    else:
+        import torch.distributed as dist
+        from fairscale.nn.moe import MOELayer, Top2Gate
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        ffns = nn.ModuleList(nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+                             for _ in range(experts))
+        layer = MOELayer(Top2Gate(d, experts), ffns)
+
+        def forward() -> torch.Tensor:
+            y = layer(x[:, None, :])[:, 0]
+            return (y.float() * w).sum() + layer.l_aux * experts * experts
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with autocast:
+            loss = forward()
+        loss.backward()
+
+    return step
+
+
+def child(impl: str, tokens: int, d: int, hidden: int, experts: int, precision: str) -> None:
+    step = make_step(impl, tokens, d, hidden, experts, precision)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_mb": (after - before) / 1024}))
+
+
+def extra_memory(impl: str, args: argparse.Namespace, experts: int, precision: str) -> float:
+    cmd = [sys.executable, "-m", "bench.moe_layer", "--child", impl, "--tokens", str(args.tokens),
+           "--d-model", str(args.d_model), "--hidden", str(args.hidden), "--experts", str(experts),
+           "--precisions", precision]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+
+
+def time_pair(args: argparse.Namespace, experts: int, precision: str) -> dict[str, float]:
+    steps = {impl: make_step(impl, args.tokens, args.d_model, args.hidden, experts, precision)
+             for impl in ("ours", "fairscale")}
+    for s in steps.values():
+        s()  # warm-up
+    times: dict[str, list[float]] = {"ours": [], "fairscale": []}
+    for r in range(args.repeats):
+        order = ("ours", "fairscale") if r % 2 == 0 else ("fairscale", "ours")
+        for impl in order:
+            t = time.perf_counter()
+            steps[impl]()
+            times[impl].append(time.perf_counter() - t)
+    return {f"{impl}_s": statistics.median(v) for impl, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--d-model", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--experts", default="4,8,16")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--force-bf16", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
+    ap.add_argument("--out", default=str(RESULTS / "moe_layer.json"))
+    ap.add_argument("--child", choices=["ours", "fairscale"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.child, args.tokens, args.d_model, args.hidden, int(args.experts), args.precisions)
+        return
+    if args.quick:
+        args.tokens, args.d_model, args.hidden, args.repeats, args.experts = 256, 64, 128, 1, "4"
+    try:
+        import fairscale  # noqa: F401
+    except ImportError:
+        print(json.dumps({"bench": "moe_layer", "skipped": "fairscale is not installed: pip install -e '.[bench]'"}))
+        return
+    results: dict = {}
+    for precision in args.precisions.split(","):
+        if precision == "bf16" and not args.force_bf16:
+            chosen, why = choose_precision("auto", args.d_model, args.hidden, torch.device("cpu"))
+            if chosen != "bf16":
+                results[precision] = {"skipped": f"bf16 is slower than fp32 on this CPU ({why}); --force-bf16 runs it"}
+                log(f"{precision}: skipped ({why})")
+                continue
+        rows = {}
+        for e in (int(x) for x in args.experts.split(",")):
+            row = time_pair(args, e, precision)
+            row["speedup"] = row["fairscale_s"] / row["ours_s"]
+            row["ours_extra_mb"] = extra_memory("ours", args, e, precision)
+            row["fairscale_extra_mb"] = extra_memory("fairscale", args, e, precision)
+            row["memory_ratio"] = row["fairscale_extra_mb"] / max(row["ours_extra_mb"], 1e-3)
+            rows[str(e)] = {k: round(v, 4) for k, v in row.items()}
+            log(f"{precision} E={e}: ours {row['ours_s']:.3f} s, fairscale {row['fairscale_s']:.3f} s "
+                f"(x{row['speedup']:.2f}); extra memory ours {row['ours_extra_mb']:.0f} MB, "
+                f"fairscale {row['fairscale_extra_mb']:.0f} MB (x{row['memory_ratio']:.2f})")
+        results[precision] = rows
+    measured = [r for p in results.values() if "skipped" not in p for r in p.values()]
+    out = {"bench": "moe_layer", "tokens": args.tokens, "d_model": args.d_model, "hidden": args.hidden,
+           "top_k": 2, "capacity_factor": 1.0, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "results": results,
+           "min_speedup": min((r["speedup"] for r in measured), default=None),
+           "min_memory_ratio": min((r["memory_ratio"] for r in measured), default=None),
+           "targets": {"speedup": 3.0, "memory_ratio": 2.0}}
+    line = json.dumps(out)
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
