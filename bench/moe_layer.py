@@ -10,7 +10,7 @@ backward. For every expert count the two are timed interleaved (ours, fairscale,
 ours, ...) and the medians compared: ``speedup = fairscale / ours``.
 
 Memory: every (layer, E, precision) also runs once in a fresh child process, which reports the
-growth of its peak resident set size over one step (``ru_maxrss`` after the step minus before it;
+growth of its peak resident set size over one step (``VmHWM`` after the step minus before it;
 inputs and weights already allocated): the *extra* memory of a training step.
 ``memory_ratio = fairscale extra / ours extra``. Targets (issue #3): speedup ≥ 3 and
 memory_ratio ≥ 2 at every E. bf16 runs only where a bf16 matmul is faster than fp32 on this
@@ -84,18 +84,30 @@ def make_step(impl: str, tokens: int, d: int, hidden: int, experts: int, precisi
     return step
 
 
+def peak_rss_kib() -> int:
+    """Peak resident set of this process image: VmHWM (``ru_maxrss`` would carry the parent's
+    peak across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def child(impl: str, tokens: int, d: int, hidden: int, experts: int, precision: str) -> None:
     step = make_step(impl, tokens, d, hidden, experts, precision)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_kib()
     print(json.dumps({"extra_mb": (after - before) / 1024}))
 
 
 def extra_memory(impl: str, args: argparse.Namespace, experts: int, precision: str) -> float:
     cmd = [sys.executable, "-m", "bench.moe_layer", "--child", impl, "--tokens", str(args.tokens),
            "--d-model", str(args.d_model), "--hidden", str(args.hidden), "--experts", str(experts),
-           "--precisions", precision]
+           "--precisions", precision, "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
 
@@ -124,10 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--force-bf16", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
     ap.add_argument("--out", default=str(RESULTS / "moe_layer.json"))
     ap.add_argument("--child", choices=["ours", "fairscale"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, args.tokens, args.d_model, args.hidden, int(args.experts), args.precisions)
         return

@@ -6,11 +6,12 @@ the same FLOPs per token.
 
 The MoE model puts an MoE layer (top-2, ``experts`` experts of width ``hidden``, capacity factor
 1.0) in every encoder and decoder layer; the dense model has FFN width ``2·hidden`` everywhere,
-so each token meets the same number of FFN multiply-adds (dropped assignments make the MoE step
-slightly cheaper, which the JSON reports). One step = forward, label-smoothed loss plus the
+so each token meets the same number of FFN multiply-adds — in capacity mode minus the dropped
+assignments (``moe_dropped_fraction`` in the JSON); ``--dropless`` computes every assignment, the
+exact FLOP match. One step = forward, label-smoothed loss plus the
 balancing loss, backward, fused AdamW — the trainer's step. Steps alternate (moe, dense, dense,
 moe, ...) and ``ratio = median MoE step / median dense step``. Target (issue #3): ratio ≤ 1.3.
-The last stdout line is one JSON object, also written to bench/results/moe_model.json.
+The last stdout line is one JSON object, also written to bench/results/moe_model.json (``moe_model_dropless.json`` with ``--dropless``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build(args: argparse.Namespace, moe: bool):
-    moe_cfg = MoEConfig(experts=args.experts, top_k=2, encoder_freq=1, decoder_freq=1, capacity_factor=1.0) \
-        if moe else MoEConfig()
+    moe_cfg = MoEConfig(experts=args.experts, top_k=2, encoder_freq=1, decoder_freq=1, capacity_factor=1.0,
+                        dropless=args.dropless) if moe else MoEConfig()
     cfg = ModelConfig(d_model=args.d_model, encoder_layers=args.layers, decoder_layers=args.layers,
                       heads=max(args.d_model // 64, 1), ffn_dim=args.hidden if moe else 2 * args.hidden,
                       dropout=0.1, moe=moe_cfg)
@@ -55,9 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tgt-len", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dropless", action="store_true", help="MoE without capacity: every assignment computed")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, two repeats (a smoke test)")
-    ap.add_argument("--out", default=str(RESULTS / "moe_model.json"))
+    ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.d_model, args.layers, args.hidden, args.experts, args.batch, args.vocab, args.repeats = \
             64, 1, 64, 4, 8, 500, 2
@@ -93,12 +98,13 @@ def main(argv: list[str] | None = None) -> None:
            "moe_params_m": round(count_parameters(systems["moe"][0]) / 1e6, 2),
            "dense_params_m": round(count_parameters(systems["dense"][0]) / 1e6, 2),
            "moe_step_s": round(med["moe"], 4), "dense_step_s": round(med["dense"], 4),
-           "ratio": round(med["moe"] / med["dense"], 4), "target_ratio_max": 1.3,
+           "ratio": round(med["moe"] / med["dense"], 4), "target_ratio_max": 1.3, "dropless": args.dropless,
            "moe_dropped_fraction": round(statistics.mean(dropped), 4) if dropped else 0.0}
     print(f"MoE step {med['moe']:.3f} s, dense step {med['dense']:.3f} s: ratio {out['ratio']:.3f}", file=sys.stderr)
     if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        path = Path(args.out or RESULTS / f"moe_model{'_dropless' if args.dropless else ''}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))
 
 

@@ -250,3 +250,44 @@ def test_moe_freq_places_layers() -> None:
     assert logits.shape == (2, 5, 300)
     assert {"loss/moe_balance", "moe/enc1/load", "moe/enc3/load", "moe/dec3/load"} <= set(aux)
     assert "moe/dec1/load" not in aux
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_expert_kernel_gradients_match_finite_differences(p: float) -> None:
+    from nmt.models.moe import _ReluExperts
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 3, requires_grad=True)
+    w1, b1 = torch.randn(3, 3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    w2, b2 = torch.randn(3, 5, 3, requires_grad=True), torch.randn(3, 3, requires_grad=True)
+    counts = [4, 0, 5]  # an empty expert gets zero gradients
+
+    def fn(*args):
+        torch.manual_seed(7)  # the same dropout mask at every evaluation
+        return _ReluExperts.apply(*args, counts, p, 0.5)
+
+    # scale 0.5 halves the parameter gradients only: check against a reference with that rule.
+    y = fn(x, w1, b1, w2, b2)
+    y.backward(torch.ones_like(y))
+    grads = [t.grad.clone() for t in (x, w1, b1, w2, b2)]
+    for t in (x, w1, b1, w2, b2):
+        t.grad = None
+    torch.manual_seed(7)
+    ref = []
+    start = 0
+    for i, c in enumerate(counts):
+        if c:
+            h = torch.relu(x[start:start + c] @ w1[i] + b1[i])
+            if p > 0:
+                h = h * torch.rand_like(h).ge(p) / (1 - p)
+            ref.append(h @ w2[i] + b2[i])
+            start += c
+    y_ref = torch.cat(ref)
+    assert torch.allclose(y, y_ref)
+    y_ref.backward(torch.ones_like(y_ref))
+    assert torch.allclose(grads[0], x.grad)
+    for got, t in zip(grads[1:], (w1, b1, w2, b2)):
+        assert torch.allclose(got, 0.5 * t.grad)
+    assert torch.equal(grads[1][1], torch.zeros(3, 5))
+    assert torch.autograd.gradcheck(lambda *a: _ReluExperts.apply(*a, counts, 0.0, 1.0),
+                                    (x, w1, b1, w2, b2))

@@ -160,6 +160,61 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
+class _ReluExperts(torch.autograd.Function):
+    """Every local expert's ReLU FFN on its contiguous slice, with a hand-written backward that
+    writes each expert's gradients straight into one ``[E, ...]`` tensor per parameter (autograd
+    through per-expert views would allocate and sum a full-size gradient per expert). Activation
+    dropout is inverted dropout on the hidden units; ReLU's derivative is read off the saved
+    hidden activations (``h > 0``), so nothing else is kept for backward."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, counts: list[int], p: float, scale: float):  # type: ignore[override]
+        out = x.new_empty((x.shape[0], w2.shape[-1]))
+        hidden = x.new_empty((x.shape[0], w1.shape[-1]))
+        start = 0
+        for i, c in enumerate(counts):
+            if c == 0:
+                continue
+            h = hidden[start:start + c]
+            torch.addmm(b1[i], x[start:start + c], w1[i], out=h)
+            h.clamp_(min=0)
+            if p > 0:
+                h.mul_(torch.rand_like(h).ge_(p).div_(1 - p))
+            torch.addmm(b2[i], h, w2[i], out=out[start:start + c])
+            start += c
+        ctx.save_for_backward(x, w1, w2, hidden)
+        ctx.counts, ctx.p, ctx.scale = counts, p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, w1, w2, hidden = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = torch.empty_like(x)
+        gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        gb1 = w1.new_zeros(w1.shape[0], w1.shape[2])
+        gb2 = w2.new_zeros(w2.shape[0], w2.shape[2])
+        start = 0
+        for i, c in enumerate(ctx.counts):
+            if c == 0:
+                continue
+            g, h = grad[start:start + c], hidden[start:start + c]
+            torch.mm(h.t(), g, out=gw2[i])
+            torch.sum(g, 0, out=gb2[i])
+            dh = torch.mm(g, w2[i].t())
+            dh.mul_(h > 0)  # ReLU (and dropout's zeros); kept units carry dropout's 1/(1-p)
+            if ctx.p > 0:
+                dh.mul_(1.0 / (1 - ctx.p))
+            torch.mm(x[start:start + c].t(), dh, out=gw1[i])
+            torch.sum(dh, 0, out=gb1[i])
+            torch.mm(dh, w1[i].t(), out=gx[start:start + c])
+            start += c
+        if ctx.scale != 1.0:
+            for t in (gw1, gb1, gw2, gb2):
+                t.mul_(ctx.scale)
+        return gx, gw1, gb1, gw2, gb2, None, None, None
+
+
 class Experts(nn.Module):
     """``E_local`` position-wise FFNs stored as ``[E, d, h]`` / ``[E, h, d]`` tensors.
 
@@ -194,17 +249,24 @@ class Experts(nn.Module):
         nn.init.zeros_(self.b2)
 
     def forward(self, x: Tensor, counts: list[int]) -> Tensor:
+        scale = 1.0 / self.world  # tokens of all ranks reach these experts: match DP's gradient average
+        if self.act is F.relu and not torch.is_autocast_enabled(x.device.type):
+            p = self.activation_dropout if self.training else 0.0
+            return _ReluExperts.apply(x, self.w1, self.b1, self.w2, self.b2, counts, p, scale)
         w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
-        if self.world > 1:  # tokens of all ranks reach these experts: match DP's gradient average
-            w1, b1, w2, b2 = (_ScaleGrad.apply(p, 1.0 / self.world) for p in (w1, b1, w2, b2))
+        if self.world > 1:
+            w1, b1, w2, b2 = (_ScaleGrad.apply(p, scale) for p in (w1, b1, w2, b2))
+        # unbind once: its backward stacks the per-expert gradients into one [E, ...] tensor
+        # (indexing w1[i] per expert would allocate and add a full-size zero gradient per expert).
+        w1s, b1s, w2s, b2s = w1.unbind(0), b1.unbind(0), w2.unbind(0), b2.unbind(0)
         outs, start = [], 0
         for i, c in enumerate(counts):
             if c == 0:
                 continue
-            h = self.act(torch.addmm(b1[i], x[start:start + c], w1[i]))
+            h = self.act(torch.addmm(b1s[i], x[start:start + c], w1s[i]))
             if self.activation_dropout > 0:
                 h = F.dropout(h, p=self.activation_dropout, training=self.training)
-            outs.append(torch.addmm(b2[i], h, w2[i]))
+            outs.append(torch.addmm(b2s[i], h, w2s[i]))
             start += c
         return torch.cat(outs) if outs else x.new_zeros((0, w2.shape[-1]))
 
