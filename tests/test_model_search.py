@@ -99,3 +99,19 @@ def test_beam_one_is_greedy_and_batching_is_consistent():
         alone = [beam_search(model, s, torch.tensor([TAG]), eos=EOS, beam=beam, max_len_a=0.0, max_len_b=7,
                              banned=BANNED)[0] for s in srcs]
         assert together == alone
+
+
+def test_sentences_leaving_the_batch_early_do_not_change_the_others():
+    """Finished sentences are dropped from the batch; every result must equal decoding alone."""
+    model = tiny_model(seed=11)
+    g = torch.Generator().manual_seed(0)
+    lengths = [1, 5, 2, 7, 3, 1]
+    srcs = [[TAG] + torch.randint(260, 263, (n,), generator=g).tolist() + [EOS] for n in lengths]
+    batch = torch.zeros(len(srcs), max(map(len, srcs)), dtype=torch.long)
+    for i, s in enumerate(srcs):
+        batch[i, : len(s)] = torch.tensor(s)
+    kw = dict(eos=EOS, beam=3, max_len_a=1.0, max_len_b=2, banned=BANNED)
+    together = beam_search(model, batch, torch.full((len(srcs),), TAG), **kw)
+    alone = [beam_search(model, torch.tensor([s]), torch.tensor([TAG]), **kw)[0] for s in srcs]
+    assert together == alone
+    assert all(len(h) <= n + 2 for h, n in zip(together, (len(s) for s in srcs)))

@@ -4,7 +4,8 @@ Decoder prefix is ``</s> __tgt__``; hypotheses are scored by the sum of token lo
 divided by ``length ** lenpen`` where ``length`` counts generated tokens including ``</s>``
 (fairseq's normalisation, except that the forced tag is neither counted nor scored: fairseq
 decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence stops once ``beam`` hypotheses have finished, or at
-``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced.
+``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced; finished
+sentences leave the batch (their rows of the encoder output and caches are dropped).
 """
 
 from __future__ import annotations
@@ -53,47 +54,57 @@ def beam_search(
     scores[:, 1:] = float("-inf")  # all beams start identical: expand from the first only
     history = torch.zeros(bsz * k, 0, dtype=torch.long, device=device)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(bsz)]
-    done = torch.zeros(bsz, dtype=torch.bool, device=device)
-    batch_base = (torch.arange(bsz, device=device) * k)[:, None]
+    sentence = list(range(bsz))  # original index of each sentence still being searched
+    beam_offsets = torch.arange(k, device=device)
 
     for step in range(int(max_len.max())):
-        lprobs = torch.log_softmax(logits.float(), dim=-1).view(bsz, k, vocab)
+        n = len(sentence)
+        lprobs = torch.log_softmax(logits.float(), dim=-1).view(n, k, vocab)
         lprobs[:, :, banned_t] = float("-inf")
         at_max = step >= max_len - 1
         if bool(at_max.any()):
             eos_col = lprobs[at_max][:, :, eos].clone()
             lprobs[at_max] = float("-inf")
             lprobs[at_max, :, eos] = eos_col
-        cand = (scores.unsqueeze(-1) + lprobs).view(bsz, -1)
+        cand = (scores.unsqueeze(-1) + lprobs).view(n, -1)
         top_scores, top_idx = cand.topk(2 * k, dim=1)
         beam_idx, tokens = top_idx // vocab, top_idx % vocab
         is_eos = tokens.eq(eos) & top_scores.gt(float("-inf"))
 
         # Finalise end-of-sentence candidates ranked within the top k.
-        for b, r in (is_eos[:, :k] & ~done[:, None]).nonzero().tolist():
-            if len(finished[b]) < k:
+        for b, r in is_eos[:, :k].nonzero().tolist():
+            done_list = finished[sentence[b]]
+            if len(done_list) < k:
                 seq = history[b * k + beam_idx[b, r]].tolist()
-                finished[b].append((float(top_scores[b, r]) / (step + 1) ** lenpen, seq))
-        done |= torch.tensor([len(f) >= k for f in finished], device=device)
-        if bool(done.all()):
+                done_list.append((float(top_scores[b, r]) / (step + 1) ** lenpen, seq))
+        last = at_max.tolist()  # </s> was forced: nothing can follow
+        alive = [b for b in range(n) if len(finished[sentence[b]]) < k and not last[b]]
+        if not alive:
             break
 
         # Continue with the best k candidates that did not end.
-        rank = torch.arange(2 * k, device=device).expand(bsz, -1) + is_eos.long() * 2 * k
+        rank = torch.arange(2 * k, device=device).expand(n, -1) + is_eos.long() * 2 * k
         keep = rank.topk(k, dim=1, largest=False).indices
         scores = top_scores.gather(1, keep)
-        src_beam = (beam_idx.gather(1, keep) + batch_base).view(-1)
-        new_tok = tokens.gather(1, keep).view(-1, 1)
+        src_beam = beam_idx.gather(1, keep) + (torch.arange(n, device=device) * k)[:, None]
+        new_tok = tokens.gather(1, keep)
+        if len(alive) < n:  # drop finished sentences from the batch
+            a = torch.tensor(alive, device=device)
+            rows = (a[:, None] * k + beam_offsets).view(-1)
+            scores, src_beam, new_tok, max_len = scores[a], src_beam[a], new_tok[a], max_len[a]
+            memory, mask = memory.index_select(0, rows), mask.index_select(0, rows)
+            src_lang_r = None if src_lang_r is None else src_lang_r.index_select(0, rows)
+            tgt_lang_r = None if tgt_lang_r is None else tgt_lang_r.index_select(0, rows)
+            for layer in cache:
+                for key in ("k", "v"):
+                    layer["cross"][key] = layer["cross"][key].index_select(0, rows)
+            sentence = [sentence[b] for b in alive]
+        src_beam, new_tok = src_beam.view(-1), new_tok.view(-1, 1)
         history = torch.cat([history.index_select(0, src_beam), new_tok], dim=1)
         for layer in cache:
             layer["self"]["k"] = layer["self"]["k"].index_select(0, src_beam)
             layer["self"]["v"] = layer["self"]["v"].index_select(0, src_beam)
         logits = model.decode(new_tok, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=step + 2)[:, -1]
 
-    out = []
-    for b in range(bsz):
-        if finished[b]:
-            out.append(max(finished[b], key=lambda f: f[0])[1])
-        else:  # cannot happen with eos forced at max_len; kept for safety
-            out.append(history[b * k].tolist())
-    return out
+    # Every sentence ends with k hypotheses: </s> is forced at its max_len.
+    return [max(f, key=lambda h: h[0])[1] for f in finished]
