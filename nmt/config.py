@@ -88,6 +88,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 4000
     warmup_init_lr: float = 1e-7
+    schedule: str = "inverse_sqrt"  # inverse_sqrt (NLLB) | cosine | linear (decay to min_lr at trainer.max_steps)
+    min_lr: float = 0.0
     clip_norm: float = 0.0  # 0: no clipping (NLLB)
     label_smoothing: float = 0.1
 
@@ -108,6 +110,7 @@ class TrainerConfig:
     resume: bool = False
     progress: bool = True
     valid_max_sentences: int = 0  # per direction (the first N); 0: whole validation split
+    max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
 
 
 @dataclass
@@ -212,6 +215,9 @@ def validate(cfg: Config) -> None:
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use a value >= 0")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "use a value >= 0")
     _check(0 <= o.warmup_init_lr <= o.lr, "optim.warmup_init_lr", o.warmup_init_lr, f"use a value in [0, optim.lr={o.lr}]")
+    _check(o.schedule in ("inverse_sqrt", "cosine", "linear"), "optim.schedule", o.schedule,
+           "use inverse_sqrt, cosine or linear")
+    _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
     _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "use 0 (off) or a positive norm")
     _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "use a value in [0, 1)")
 
@@ -228,6 +234,7 @@ def validate(cfg: Config) -> None:
         _check(v >= 1, f"trainer.{key}", v, "use at least 1")
     _check(t.save_interval >= 0, "trainer.save_interval", t.save_interval, "use 0 (off) or a positive interval")
     _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
+    _check(t.max_bad_updates >= 1, "trainer.max_bad_updates", t.max_bad_updates, "use at least 1")
     _check(t.valid_max_sentences >= 0, "trainer.valid_max_sentences", t.valid_max_sentences, "use 0 (all) or more")
 
     _check(e.beam >= 1, "eval.beam", e.beam, "use at least 1")

@@ -56,3 +56,17 @@ def test_hand_written_backward_matches_autograd():
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)
     assert torch.all(logits.grad[target.eq(0)] == 0)
+
+
+def test_cosine_and_linear_schedules_hand_computed():
+    from nmt.training.optim import scheduled_lr
+
+    cos = OptimConfig(lr=1e-3, warmup_steps=10, warmup_init_lr=0.0, schedule="cosine", min_lr=1e-4)
+    assert scheduled_lr(5, cos, 110) == pytest.approx(5e-4)  # warm-up is shared
+    assert scheduled_lr(10, cos, 110) == pytest.approx(1e-3)
+    assert scheduled_lr(60, cos, 110) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half-way: cos(pi/2)
+    assert scheduled_lr(110, cos, 110) == pytest.approx(1e-4)
+    assert scheduled_lr(500, cos, 110) == pytest.approx(1e-4)  # past max_steps: stays at min_lr
+    lin = OptimConfig(lr=1e-3, warmup_steps=0, schedule="linear")
+    assert scheduled_lr(25, lin, 100) == pytest.approx(0.75e-3)
+    assert scheduled_lr(30, OptimConfig(lr=1e-3, warmup_steps=4), 100) == pytest.approx(1e-3 * (4 / 30) ** 0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -41,3 +42,30 @@ def test_gradient_accumulation_equals_one_large_batch(prepared_corpus, tmp_path)
     assert abs(s1["nll_sum"] - s2["nll_sum"]) < 1e-3
     for (name, p1), (_, p2) in zip(one.model.named_parameters(), two.model.named_parameters()):
         assert torch.allclose(p1.grad, p2.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_non_finite_loss_skips_the_update_then_stops_the_run(prepared_corpus, tmp_path):
+    from nmt.errors import UserError
+
+    t = make_trainer(prepared_corpus, tmp_path / "nan", "trainer.max_bad_updates=3")
+    forward = t._forward
+    poison = {2, 4, 5, 6}  # steps (0-based calls) whose loss is NaN
+
+    def maybe_nan(batch, n):
+        loss, out, aux = forward(batch, n)
+        return (loss * float("nan") if t.step in poison else loss), out, aux
+
+    t._forward = maybe_nan
+    t.train_step()
+    t.train_step()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    adam_steps = [int(s["step"]) for s in t.optimizer.state_dict()["state"].values()][:1]
+    stats = t.train_step()  # step 2: NaN -> skipped, nothing changes
+    assert stats["skipped"] and t.skipped_updates == 1 and t.step == 3
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert [int(s["step"]) for s in t.optimizer.state_dict()["state"].values()][:1] == adam_steps
+    assert not t.train_step()["skipped"] and t.bad_in_a_row == 0  # step 3 is fine again
+    t.train_step()
+    t.train_step()
+    with pytest.raises(UserError, match="trainer.max_bad_updates=3"):
+        t.train_step()  # third NaN in a row

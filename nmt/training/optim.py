@@ -1,4 +1,5 @@
-"""Adam and NLLB's inverse-square-root learning-rate schedule (a pure function of the step)."""
+"""Adam and the learning-rate schedules (pure functions of the step): NLLB's inverse square
+root, and cosine / linear decay to ``min_lr`` at ``trainer.max_steps`` for fixed-length runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def inverse_sqrt_lr(step: int, cfg: OptimConfig) -> float:
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * step / cfg.warmup_steps
     return cfg.lr * math.sqrt(max(cfg.warmup_steps, 1) / max(step, 1))
+
+
+def scheduled_lr(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    """``optim.schedule``: the same linear warm-up, then inverse_sqrt, or a cosine / linear decay
+    from ``lr`` to ``min_lr`` over the remaining updates up to ``max_steps``."""
+    if cfg.schedule == "inverse_sqrt" or (cfg.warmup_steps > 0 and step < cfg.warmup_steps):
+        return inverse_sqrt_lr(step, cfg)
+    frac = min(max(step - cfg.warmup_steps, 0) / max(max_steps - cfg.warmup_steps, 1), 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1.0 - frac
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -29,7 +29,7 @@ from nmt.training.checkpoint import load_checkpoint, save_checkpoint
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll
 from nmt.training.precision import choose_precision
-from nmt.training.optim import build_optimizer, inverse_sqrt_lr
+from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
 
 
@@ -75,6 +75,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.tokenizer.vocab_size).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.step = 0
+        self.bad_in_a_row = 0  # consecutive updates skipped for a non-finite loss or gradient
+        self.skipped_updates = 0
         self.best_valid: float | None = None
         self.logger = RunLogger(self.run_dir)
         self.precision, why = choose_precision(t.precision, cfg.model.d_model, cfg.model.ffn_dim, self.device)
@@ -94,6 +96,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
             "best_valid": self.best_valid,
+            "skipped_updates": self.skipped_updates,
             "config": self.resolved_config,
             "directions": list(self.directions),
             "tokenizer": {"path": str((self.run_dir / "spm.model").resolve()), "sha256": self.tokenizer.sha256},
@@ -128,6 +131,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         self.step = int(state["step"])
         self.best_valid = state.get("best_valid")
+        self.skipped_updates = int(state.get("skipped_updates", 0))
         print(f"resumed from {path} at step {self.step}", flush=True)
 
     # ---------------------------------------------------------------- steps
@@ -146,6 +150,7 @@ class Trainer:
         nll_dir = torch.zeros(len(self.directions))
         tok_dir = torch.zeros(len(self.directions))
         aux_meter = AuxMeter()
+        objective = 0.0  # the value whose gradient is taken (loss + aux losses), to check it is finite
         for _ in range(self.cfg.trainer.update_freq):
             batch = next(self.loader)
             loss, out, aux = self._forward(batch, len(self.directions))
@@ -154,6 +159,7 @@ class Trainer:
                     loss = loss + value * out.ntokens  # aux losses are per-token means
             aux_meter.add(aux)
             loss.backward()
+            objective += float(loss.detach())
             total_tokens += out.ntokens
             loss_sum += float(out.loss.detach())
             nll_sum += float(out.nll)
@@ -166,14 +172,32 @@ class Trainer:
                 p.grad.mul_(scale)
         gnorm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.cfg.optim.clip_norm if self.cfg.optim.clip_norm > 0 else float("inf"))
-        lr = inverse_sqrt_lr(self.step + 1, self.cfg.optim)
+        lr = scheduled_lr(self.step + 1, self.cfg.optim, self.cfg.trainer.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        skipped = not (math.isfinite(objective) and math.isfinite(float(gnorm)))
+        if skipped:  # the step counts, the weights and optimizer state do not change
+            self._bad_update(objective, float(gnorm))
+        else:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"tokens": total_tokens, "loss_sum": loss_sum, "nll_sum": nll_sum, "nll_dir": nll_dir,
-                "tok_dir": tok_dir, "gnorm": float(gnorm), "lr": lr, "aux": aux_meter}
+                "tok_dir": tok_dir, "gnorm": float(gnorm), "lr": lr, "aux": aux_meter, "skipped": skipped}
+
+    def _bad_update(self, objective: float, gnorm: float) -> None:
+        self.bad_in_a_row += 1
+        self.skipped_updates += 1
+        limit = self.cfg.trainer.max_bad_updates
+        print(f"step {self.step + 1}: non-finite loss {objective} or gradient norm {gnorm}: update skipped "
+              f"({self.bad_in_a_row} in a row, {self.skipped_updates} in total)", flush=True)
+        if self.bad_in_a_row >= limit:
+            raise UserError(
+                f"{limit} consecutive updates had a non-finite loss or gradient (trainer.max_bad_updates={limit}), "
+                f"the last at step {self.step + 1}; stopping without saving. The last good checkpoint is kept in "
+                f"{self.run_dir / 'checkpoints'}; lower optim.lr, set optim.clip_norm, or use trainer.precision=fp32, "
+                f"then resume with trainer.resume=true")
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -258,9 +282,13 @@ class Trainer:
     def _new_acc(self) -> dict[str, Any]:
         return {"t0": time.perf_counter(), "steps": 0, "tokens": 0, "loss": 0.0, "nll": 0.0,
                 "nll_dir": torch.zeros(len(self.directions)), "tok_dir": torch.zeros(len(self.directions)),
-                "gnorm": 0.0, "aux": AuxMeter()}
+                "gnorm": 0.0, "aux": AuxMeter(), "skipped": 0}
 
     def _accumulate(self, acc: dict[str, Any], s: dict[str, Any]) -> None:
+        acc["lr"] = s["lr"]
+        if s["skipped"]:  # its loss is not finite: only counted
+            acc["skipped"] += 1
+            return
         acc["steps"] += 1
         acc["tokens"] += s["tokens"]
         acc["loss"] += s["loss_sum"]
@@ -280,7 +308,8 @@ class Trainer:
             "train/nll": acc["nll"] / tokens,
             "train/ppl": math.exp(min(acc["nll"] / tokens, 50.0)),
             "lr": acc["lr"],
-            "gnorm": acc["gnorm"] / acc["steps"],
+            "gnorm": acc["gnorm"] / max(acc["steps"], 1),
+            "skipped_updates": acc["skipped"],
             "tokens_per_s": acc["tokens"] / elapsed,
         }
         for d, name in enumerate(self.directions):
