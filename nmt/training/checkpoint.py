@@ -2,11 +2,16 @@
 
 A checkpoint is a ``torch.save`` of plain containers, tensors and numbers, read back with
 ``torch.load(weights_only=True)`` — PyTorch's restricted unpickler that refuses anything
-that would import or call code. Writes go to ``<name>.tmp``, are fsynced, then renamed.
+that would import or call code. Writes go to ``<name>.tmp``, are fsynced, then renamed; then a
+JSON manifest ``<name>.json`` (step, size, sha256) is written the same way. Loading checks the
+file against its manifest, so a truncated or bit-flipped checkpoint is detected before use;
+:func:`latest_good_checkpoint` falls back to the newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -20,14 +25,23 @@ from nmt.errors import UserError
 FORMAT = 1
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync the directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def manifest_path(path: Path) -> Path:
+    return path.with_name(path.name[: -len(path.suffix)] + ".json" if path.suffix else path.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomically(path: Path, write) -> None:  # noqa: ANN001
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +49,17 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; free disk space or fix "
                         f"the directory's permissions (the previous checkpoint is untouched)") from None
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync the directory),
+    then its manifest ``<name>.json`` (step, bytes, sha256)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    manifest = {"file": path.name, "step": int(state.get("step", 0)), "bytes": path.stat().st_size,
+                "sha256": _sha256(path)}
+    _write_atomically(manifest_path(path), lambda f: f.write(json.dumps(manifest, indent=1).encode() + b"\n"))
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -42,11 +67,61 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """None when ``path`` matches its manifest (or has none: older checkpoints), else the reason."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    mpath = manifest_path(path)
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        return f"its manifest {mpath.name} is unreadable"
+    if path.stat().st_size != manifest.get("bytes"):
+        return f"{path.stat().st_size} bytes where its manifest says {manifest.get('bytes')} (truncated?)"
+    if _sha256(path) != manifest.get("sha256"):
+        return "its sha256 does not match its manifest (corrupt)"
+    return None
+
+
+def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint in ``ckpt_dir`` that verifies (``last.pt`` first, then the others by
+    step, newest first) and a warning for each newer one that did not."""
+    ckpt_dir = Path(ckpt_dir)
+
+    def step_of(p: Path) -> int:
+        try:
+            return int(json.loads(manifest_path(p).read_text()).get("step", -1))
+        except (OSError, ValueError):
+            return int(p.stem.split("_")[1]) if p.stem.startswith("step_") else -1
+
+    others = sorted((p for p in ckpt_dir.glob("*.pt") if p.name != "last.pt"), key=step_of, reverse=True)
+    warnings: list[str] = []
+    for cand in [ckpt_dir / "last.pt", *others]:
+        if not cand.is_file():
+            continue
+        problem = verify_checkpoint(cand)
+        if problem is None:
+            try:
+                load_checkpoint(cand)
+                return cand, warnings
+            except UserError as e:
+                problem = str(e)
+        warnings.append(f"checkpoint {cand} is unusable ({problem})")
+    return None, warnings
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`; a bad file raises a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a .pt file under a run's checkpoints/")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise UserError(f"checkpoint {path} is truncated or corrupt: {problem}; use another checkpoint "
+                        f"(e.g. checkpoints/best.pt or an earlier step_N.pt)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -25,7 +25,7 @@ from nmt.errors import UserError
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
-from nmt.training.checkpoint import load_checkpoint, save_checkpoint
+from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll
 from nmt.training.precision import choose_precision
@@ -112,12 +112,21 @@ class Trainer:
         steps = sorted(self.run_dir.glob("checkpoints/step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         for old in steps[: -self.cfg.trainer.keep_last]:
             old.unlink()
+            manifest_path(old).unlink(missing_ok=True)
 
     def _resume(self) -> None:
-        path = self.run_dir / "checkpoints" / "last.pt"
-        if not path.exists():
-            print(f"trainer.resume=true but {path} does not exist: starting from scratch", flush=True)
+        ckpt_dir = self.run_dir / "checkpoints"
+        path, problems = latest_good_checkpoint(ckpt_dir)
+        for problem in problems:
+            print(f"WARNING: {problem}", flush=True)
+        if path is None:
+            if problems:
+                raise UserError(f"trainer.resume=true but no checkpoint in {ckpt_dir} is usable; start a new run "
+                                f"in another directory (hydra.run.dir=...)")
+            print(f"trainer.resume=true but {ckpt_dir / 'last.pt'} does not exist: starting from scratch", flush=True)
             return
+        if problems:
+            print(f"WARNING: resuming from the previous good checkpoint {path} instead", flush=True)
         state = load_checkpoint(path)
         try:
             self.model.load_state_dict(state["model"])
