@@ -86,3 +86,43 @@ def test_run_without_validation_still_writes_best(prepared_corpus, tmp_path):
     train(prepared_corpus, run_dir, "data.valid_directions=[none]", "trainer.max_steps=12")
     assert (run_dir / "checkpoints" / "best.pt").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
     assert not (run_dir / "valid_log.jsonl").exists()
+
+
+def test_sigkilled_run_resumes_bit_identically(prepared_corpus, full_run, tmp_path):
+    """Kill a real training process with SIGKILL at random steps (possibly mid-checkpoint) three
+    times, resume each time; the final weights equal the uninterrupted run's bit for bit."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, SMOKE
+
+    run = tmp_path / "killed"
+    base = [sys.executable, "-m", "nmt.train", *SMOKE, f"data.corpus={prepared_corpus}", f"hydra.run.dir={run}",
+            "trainer.save_interval=5", "trainer.keep_last=1"]
+    manifest = run / "checkpoints" / "last.json"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(3):
+        step = json.loads(manifest.read_text())["step"] if manifest.exists() else 0
+        target = step + rng.randint(2, 12)
+        proc = subprocess.Popen(base + (["trainer.resume=true"] if attempt else []), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if json.loads(manifest.read_text())["step"] >= target:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    train(prepared_corpus, run, "trainer.save_interval=5", "trainer.keep_last=1", "trainer.resume=true")
+    a, b = weights(full_run / "checkpoints" / "last.pt"), weights(run / "checkpoints" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
