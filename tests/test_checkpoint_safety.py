@@ -66,3 +66,22 @@ def test_resume_uses_the_previous_good_checkpoint(prepared_corpus, tmp_path):
     assert "last.pt is unusable" in proc.stdout and "previous good checkpoint" in proc.stdout
     assert "resumed from" in proc.stdout and "at step 30" in proc.stdout
     assert load_checkpoint(last)["step"] == 40
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "model": {"w": torch.ones(3)}}, path)
+
+    def out_of_space(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", out_of_space)
+    with pytest.raises(UserError, match="No space left on device.*previous checkpoint is untouched"):
+        save_checkpoint({"step": 2, "model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot create the checkpoint directory"):
+        save_checkpoint({"step": 1, "model": {}}, tmp_path / "file" / "last.pt")

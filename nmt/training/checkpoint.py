@@ -55,7 +55,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (temp file, fsync, rename, fsync the directory),
     then its manifest ``<name>.json`` (step, bytes, sha256)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the checkpoint directory {path.parent}: {e.strerror or e}") from None
     _write_atomically(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     manifest = {"file": path.name, "step": int(state.get("step", 0)), "bytes": path.stat().st_size,
                 "sha256": _sha256(path)}
