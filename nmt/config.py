@@ -123,6 +123,17 @@ class EvalConfig:
 
 
 @dataclass
+class StageConfig:
+    start_step: int = 0  # first update (0-based) trained with these directions
+    directions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CurriculumConfig:
+    stages: list[StageConfig] = field(default_factory=list)  # empty: every direction from step 0 (nmt/curriculum.py)
+
+
+@dataclass
 class Config:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -131,6 +142,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 def register() -> None:

@@ -19,9 +19,11 @@ from tqdm import tqdm
 from nmt.config import Config
 from data_prep.binarize import check_bin_matches
 from nmt.data.loader import ParallelData, TrainLoader, valid_batches
+from nmt.curriculum import check_stages, stage_at
 from nmt.data.sampling import direction_probs
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
+from nmt.langs import parse_direction
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
@@ -57,9 +59,9 @@ class Trainer:
         max_pos = cfg.model.max_positions
         self.train_data = ParallelData.open(corpus, "train", self.directions, max_source_positions=max_pos,
                                             max_target_positions=max_pos)
-        self.probs = direction_probs(
-            self.train_data.sizes(), cfg.sampling.method, cfg.sampling.temperature, dict(cfg.sampling.weights),
-            cfg.sampling.unimax_budget or None, cfg.sampling.unimax_max_epochs)
+        self.stages = check_stages(cfg.curriculum.stages, self.directions)
+        self.stage = 0
+        self.probs = self._probs_for(self.stages[0][1] if self.stages else self.directions)
         self.loader = TrainLoader(
             self.train_data, self.probs, max_tokens=cfg.data.max_tokens,
             max_sentences=cfg.data.max_sentences or None, seed=t.seed,
@@ -85,6 +87,23 @@ class Trainer:
                          if self.precision == "bf16" else nullcontext())
         if t.resume:
             self._resume()
+
+    # ---------------------------------------------------------------- curriculum
+    def _probs_for(self, directions: list[str]) -> dict[str, float]:
+        """Sampling probabilities over ``directions`` (a curriculum stage, or all of them)."""
+        sp = self.cfg.sampling
+        sizes = {d: n for d, n in self.train_data.sizes().items() if d in directions}
+        weights = {k: v for k, v in sp.weights.items() if "-".join(parse_direction(k)) in sizes}
+        return direction_probs(sizes, sp.method, sp.temperature, weights, sp.unimax_budget or None,
+                               sp.unimax_max_epochs)
+
+    def _enter_stage(self, stage: int) -> None:
+        start, directions = self.stages[stage]
+        self.stage = stage
+        self.probs = self._probs_for(directions)
+        self.loader.set_directions(directions, self.probs)
+        print(f"curriculum: stage {stage} from step {start}: {len(directions)} directions "
+              f"({', '.join(directions)})", flush=True)
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -134,6 +153,8 @@ class Trainer:
             raise UserError(f"checkpoint {path} does not fit this config's model ({str(e).splitlines()[0][:160]}); "
                             f"resume with the config the run was started with") from None
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.stages and stage_at(self.stages, int(state["step"])) != self.stage:
+            self._enter_stage(stage_at(self.stages, int(state["step"])))  # the loader state is of that stage
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -154,6 +175,8 @@ class Trainer:
         return out.loss, out, aux
 
     def train_step(self) -> dict[str, Any]:
+        if self.stages and stage_at(self.stages, self.step) != self.stage:
+            self._enter_stage(stage_at(self.stages, self.step))
         self.model.train()
         total_tokens, loss_sum, nll_sum = 0, 0.0, 0.0
         nll_dir = torch.zeros(len(self.directions))
@@ -324,9 +347,12 @@ class Trainer:
         for d, name in enumerate(self.directions):
             if acc["tok_dir"][d] > 0:
                 record[f"train/loss/{name}"] = float(acc["nll_dir"][d] / acc["tok_dir"][d])
+        if self.stages:
+            record["curriculum/stage"] = self.stage
+            record["curriculum/active_directions"] = len(self.stages[self.stage][1])
         realised = self.loader.realised()
         for name in self.directions:
-            record[f"sampling/target/{name}"] = self.probs[name]
+            record[f"sampling/target/{name}"] = self.probs.get(name, 0.0)
             record[f"sampling/realised/{name}"] = realised.get(name, 0.0)
         record.update(to_record(acc["aux"].means()))
         return record
