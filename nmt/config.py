@@ -43,6 +43,28 @@ class MoEConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Language adapters and hyper-adapters after every layer (nmt/models/adapters.py)."""
+
+    kind: str = "none"  # none | language | hyper
+    size: int = 64  # bottleneck width
+    encoder_key: str = "src"  # language adapters: src | tgt | pair
+    decoder_key: str = "tgt"
+    ln_affine: bool = True  # language adapters: a LayerNorm scale/shift per adapter
+    languages: list[str] = field(default_factory=list)  # filled from the training directions at start
+    pairs: list[str] = field(default_factory=list)  # ditto (for key=pair)
+    freeze_base: bool = False  # train only adapter / hyper-network parameters
+    hyper_dim: int = 128  # d_h
+    hyper_embed_dim: int = 64
+    hyper_blocks: int = 2
+    hyper_dropout: float = 0.0
+    hyper_encoder_inputs: list[str] = field(default_factory=lambda: ["src", "tgt", "layer"])
+    hyper_decoder_inputs: list[str] = field(default_factory=lambda: ["src", "tgt", "layer"])
+    hyper_generate_ln: bool = False  # also generate the adapter LayerNorm's scale (1 + g) and shift
+    hyper_rescale: bool = True  # divide generated tensors by sqrt(d_h) (the paper's fix)
+
+
+@dataclass
 class ModelConfig:
     preset: str = "tiny"
     d_model: int = 128
@@ -58,6 +80,7 @@ class ModelConfig:
     scale_embedding: bool = True
     attention: str = "auto"  # auto (= sdpa) | sdpa | math
     moe: MoEConfig = field(default_factory=MoEConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass
@@ -111,6 +134,7 @@ class TrainerConfig:
     progress: bool = True
     valid_max_sentences: int = 0  # per direction (the first N); 0: whole validation split
     max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
+    init_from: str = ""  # start from this checkpoint's weights (adapter parameters may be missing)
 
 
 @dataclass
@@ -155,6 +179,22 @@ def register() -> None:
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise UserError(f"config key {key}={value!r} is not allowed: {allowed}")
+
+
+def validate_adapters(a: AdapterConfig) -> None:
+    _check(a.kind in ("none", "language", "hyper"), "model.adapters.kind", a.kind, "use none, language or hyper")
+    for key in ("size", "hyper_dim", "hyper_embed_dim"):
+        _check(getattr(a, key) >= 1, f"model.adapters.{key}", getattr(a, key), "use a positive integer")
+    _check(a.hyper_blocks >= 0, "model.adapters.hyper_blocks", a.hyper_blocks, "use 0 or more")
+    _check(0 <= a.hyper_dropout < 1, "model.adapters.hyper_dropout", a.hyper_dropout, "use a value in [0, 1)")
+    for key in ("encoder_key", "decoder_key"):
+        _check(getattr(a, key) in ("src", "tgt", "pair"), f"model.adapters.{key}", getattr(a, key),
+               "use src, tgt or pair")
+    for key in ("hyper_encoder_inputs", "hyper_decoder_inputs"):
+        v = list(getattr(a, key))
+        _check(set(v) <= {"src", "tgt", "layer"}, f"model.adapters.{key}", v, "use a subset of [src,tgt,layer]")
+    _check(a.kind != "none" or not a.freeze_base, "model.adapters.freeze_base", a.freeze_base,
+           "freezing the base needs adapters: set model.adapters.kind=language or hyper")
 
 
 def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
@@ -205,6 +245,7 @@ def validate(cfg: Config) -> None:
     _check(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use relu or gelu")
     _check(m.attention in ("auto", "sdpa", "math"), "model.attention", m.attention, "use auto, sdpa or math")
     validate_moe(m.moe, m)
+    validate_adapters(m.adapters)
 
     _check(d.max_tokens >= 8, "data.max_tokens", d.max_tokens, "use at least 8 tokens per batch")
     _check(d.max_sentences >= 0, "data.max_sentences", d.max_sentences, "use 0 (no limit) or a positive number")
@@ -246,6 +287,8 @@ def validate(cfg: Config) -> None:
         _check(v >= 1, f"trainer.{key}", v, "use at least 1")
     _check(t.save_interval >= 0, "trainer.save_interval", t.save_interval, "use 0 (off) or a positive interval")
     _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
+    _check(m.adapters.kind != "hyper" or d.one_direction_per_batch, "data.one_direction_per_batch",
+           d.one_direction_per_batch, "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
     _check(t.max_bad_updates >= 1, "trainer.max_bad_updates", t.max_bad_updates, "use at least 1")
     _check(t.valid_max_sentences >= 0, "trainer.valid_max_sentences", t.valid_max_sentences, "use 0 (all) or more")
 

@@ -22,6 +22,7 @@ class BatchContext:
     side: str = "encoder"  # encoder | decoder
     layer: int = 0
     aux: dict[str, Tensor] = field(default_factory=dict)
+    generated: dict | None = None  # hyper-adapter parameters per layer id, for this batch
 
 
 class DenseFFN(nn.Module):

@@ -21,6 +21,7 @@ from nmt.models.ffn import BatchContext, DenseFFN
 PAD = 0
 
 FFNFactory = Callable[[str, int], nn.Module]  # (side, layer index) -> module(x, ctx)
+AdapterFactory = Callable[[str, int], "nn.Module | None"]  # (side, layer index) -> module(x, ctx) or None
 
 
 def sinusoidal_table(n: int, d: int) -> Tensor:
@@ -38,13 +39,15 @@ class EncoderLayer(nn.Module):
         self.self_attn = MultiheadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cross=False, impl=impl)
         self.ffn_ln = nn.LayerNorm(cfg.d_model)
         self.ffn = ffn
+        self.adapter: nn.Module | None = None  # applied to the layer output (language/hyper-adapters)
         self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, mask: Tensor | None, ctx: BatchContext) -> Tensor:
         h = self.self_attn(self.self_attn_ln(x), mask=mask)
         x = x + F.dropout(h, p=self.dropout, training=self.training)
         h = self.ffn(self.ffn_ln(x), ctx)
-        return x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        return x if self.adapter is None else self.adapter(x, ctx)
 
 
 class DecoderLayer(nn.Module):
@@ -56,6 +59,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiheadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cross=True, impl=impl)
         self.ffn_ln = nn.LayerNorm(cfg.d_model)
         self.ffn = ffn
+        self.adapter: nn.Module | None = None
         self.dropout = cfg.dropout
 
     def forward(
@@ -73,7 +77,8 @@ class DecoderLayer(nn.Module):
                             cache=None if cache is None else cache["cross"])
         x = x + F.dropout(h, p=self.dropout, training=self.training)
         h = self.ffn(self.ffn_ln(x), ctx)
-        return x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        return x if self.adapter is None else self.adapter(x, ctx)
 
 
 def padding_mask(tokens: Tensor) -> Tensor:
@@ -87,9 +92,12 @@ def causal_mask(t: int, device: torch.device) -> Tensor:
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder; ``ffn_factory(side, layer)`` fills each layer's feed-forward slot."""
+    """Encoder-decoder; ``ffn_factory(side, layer)`` fills each layer's feed-forward slot,
+    ``adapter_factory(side, layer)`` its output adapter (or None); ``hypernet`` (a
+    :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
+                 adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
@@ -111,7 +119,12 @@ class Transformer(nn.Module):
             DecoderLayer(cfg, ffn_factory("decoder", i), impl) for i in range(cfg.decoder_layers))
         self.encoder_ln = nn.LayerNorm(cfg.d_model)
         self.decoder_ln = nn.LayerNorm(cfg.d_model)
+        self.hypernet = hypernet
         self._init_linear()
+        if adapter_factory is not None:  # after _init_linear: adapters initialise themselves
+            for side, layers in (("encoder", self.encoder_layers), ("decoder", self.decoder_layers)):
+                for i, layer in enumerate(layers):
+                    layer.adapter = adapter_factory(side, i)
 
     def _init_linear(self) -> None:
         for name, mod in self.named_modules():
@@ -131,6 +144,8 @@ class Transformer(nn.Module):
         mask = padding_mask(src_tokens)
         ctx = BatchContext(src_lang, tgt_lang, src_tokens.eq(PAD), "encoder", 0, {} if aux is None else aux)
         x = self._embed(src_tokens)
+        if self.hypernet is not None:
+            ctx.generated = self.hypernet(src_lang, tgt_lang, list(range(len(self.encoder_layers))), "encoder")
         for i, layer in enumerate(self.encoder_layers):
             ctx.layer = i
             x = layer(x, mask, ctx)
@@ -155,6 +170,10 @@ class Transformer(nn.Module):
         self_mask = None if cache is not None and t == 1 else causal_mask(t, prev_tokens.device)
         ctx = BatchContext(src_lang, tgt_lang, prev_tokens.eq(PAD), "decoder", 0, {} if aux is None else aux)
         x = self._embed(prev_tokens, offset)
+        if self.hypernet is not None:
+            first = len(self.encoder_layers)  # decoder layer ids follow the encoder's
+            ctx.generated = self.hypernet(src_lang, tgt_lang, [first + i for i in range(len(self.decoder_layers))],
+                                          "decoder")
         for i, layer in enumerate(self.decoder_layers):
             ctx.layer = i
             x = layer(x, memory, self_mask, memory_mask, ctx, None if cache is None else cache[i])

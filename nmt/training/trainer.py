@@ -24,7 +24,7 @@ from nmt.data.sampling import direction_probs
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.langs import parse_direction
-from nmt.models.build import build_model
+from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
@@ -54,7 +54,6 @@ class Trainer:
         check_bin_matches(corpus / "bin", self.tokenizer)
         self.directions, self.valid_directions = resolve_directions(corpus, cfg.data.directions, cfg.data.valid_directions)
         prepare_run_dir(self.run_dir, corpus / "spm.model", self.tokenizer.sha256, resume=t.resume)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
 
         max_pos = cfg.model.max_positions
         self.train_data = ParallelData.open(corpus, "train", self.directions, max_source_positions=max_pos,
@@ -74,19 +73,46 @@ class Trainer:
             raise UserError(f"the valid split of {corpus} has no usable segments for {', '.join(self.valid_directions)}; "
                             f"import a valid split or train without validation (data.valid_directions=[none])")
 
+        adapters = cfg.model.adapters
+        if adapters.kind != "none" and not adapters.languages:  # adapter keys: the training languages/pairs
+            adapters.languages = sorted({code for d in self.directions for code in d.split("-")})
+            adapters.pairs = list(self.directions)
+            resolved_config["model"]["adapters"].update(languages=adapters.languages, pairs=adapters.pairs)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
         self.model = build_model(cfg.model, self.tokenizer.vocab_size).to(self.device)
+        if t.init_from:
+            self._init_from(Path(t.init_from))
+        if adapters.freeze_base:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(is_adapter_parameter(name))
+        print(parameter_report(self.model), flush=True)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.step = 0
         self.bad_in_a_row = 0  # consecutive updates skipped for a non-finite loss or gradient
         self.skipped_updates = 0
         self.best_valid: float | None = None
-        self.logger = RunLogger(self.run_dir)
         self.precision, why = choose_precision(t.precision, cfg.model.d_model, cfg.model.ffn_dim, self.device)
         print(f"precision: {self.precision} ({why})", flush=True)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if self.precision == "bf16" else nullcontext())
         if t.resume:
             self._resume()
+        # Only once the checkpoint is known to fit: a refused resume leaves the run as it was.
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
+        self.logger = RunLogger(self.run_dir)
+
+    def _init_from(self, path: Path) -> None:
+        """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
+        every base parameter must be in the checkpoint; adapter parameters may be missing."""
+        state = load_checkpoint(path)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        missing = [k for k in missing if not is_adapter_parameter(k)]
+        if missing or unexpected:
+            names = ", ".join((missing + unexpected)[:5])
+            raise UserError(f"trainer.init_from={path} does not fit this model ({len(missing)} missing, "
+                            f"{len(unexpected)} unexpected parameters: {names}); use a checkpoint of the same "
+                            f"base architecture")
+        print(f"initialised from {path} (step {state.get('step')})", flush=True)
 
     # ---------------------------------------------------------------- curriculum
     def _probs_for(self, directions: list[str]) -> dict[str, float]:
