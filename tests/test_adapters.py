@@ -105,3 +105,16 @@ def test_params_cli_prints_counts(prepared_corpus):
     assert counts["languages"] == 3 and counts["adapters"] > 0 and counts["trainable"] == counts["adapters"]
     bad = run_module("nmt.params", "model.adapters.kind=hyperr", check=False)
     assert bad.returncode == 2 and "model.adapters.kind" in bad.stderr
+
+
+def test_adapters_compose_with_moe():
+    from nmt.config import MoEConfig
+
+    cfg = model_cfg(kind="hyper", size=4)
+    cfg.moe = MoEConfig(experts=4, top_k=2, encoder_freq=1, decoder_freq=1)
+    model = build_model(cfg, 300)
+    tokens = torch.randint(4, 300, (2, 5))
+    logits, aux = model(tokens, tokens, torch.tensor([ENG, ENG]), torch.tensor([FRA, FRA]))
+    (logits.logsumexp(-1).mean() + aux["loss/moe_balance"]).backward()
+    assert model.hypernet.heads["w_down"].weight.grad is not None
+    assert model.encoder_layers[0].ffn.experts.w1.grad is not None
