@@ -78,7 +78,6 @@ class Trainer:
             adapters.languages = sorted({code for d in self.directions for code in d.split("-")})
             adapters.pairs = list(self.directions)
             resolved_config["model"]["adapters"].update(languages=adapters.languages, pairs=adapters.pairs)
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
         self.model = build_model(cfg.model, self.tokenizer.vocab_size).to(self.device)
         if t.init_from:
             self._init_from(Path(t.init_from))
