@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", default="outputs/demo")
     ap.add_argument("--source", default="auto", choices=["auto", "libreoffice", "django"])
     ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--langs", nargs="+", default=None, help="languages besides English (default: demo_corpus' set)")
     ap.add_argument("overrides", nargs="*", help="extra nmt.train overrides, e.g. trainer.max_steps=500")
     args = ap.parse_args(argv)
     corpus, run_dir = Path(args.corpus), Path(args.run)
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         timings[name] = round(time.time() - t, 1)
 
     step("corpus", (corpus / "manifest.json").exists(),
-         ["data_prep.demo_corpus", "--out", str(corpus), "--source", args.source])
+         ["data_prep.demo_corpus", "--out", str(corpus), "--source", args.source,
+          *(["--langs", *args.langs] if args.langs else [])])
     step("spm", (corpus / "spm.model").exists(),
          ["data_prep.train_spm", "--corpus", str(corpus), "--vocab-size", str(args.vocab_size)])
     step("binarize", (corpus / "bin" / "meta.json").exists(), ["data_prep.binarize", "--corpus", str(corpus)])

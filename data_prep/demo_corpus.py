@@ -49,10 +49,11 @@ from data_prep.readers import read_mo
 from nmt.errors import UserError, exit_on_user_error
 from nmt.langs import ALIASES, ENGLISH, is_flores, normalize_lang
 
-# Ten languages in eight scripts with a natural imbalance in LibreOffice 7.4 (unique English
-# strings kept: ~17.5k for de/fr/es/ru/zh/el, ~15k ja, ~13k ar, ~10k he, ~7k hi; ~6k multi-way).
-DEFAULT_LANGS = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "zho_Hans", "jpn_Jpan",
-                 "ell_Grek", "heb_Hebr", "arb_Arab", "hin_Deva")
+# English and seven languages in seven other scripts, with a natural imbalance in LibreOffice 7.4
+# (unique English strings kept: ~17.5k ru/zh/el, ~15k ja, ~13k ar, ~10k he, ~7k hi). Latin-script
+# targets work as well (e.g. --langs deu_Latn fra_Latn spa_Latn ...) but UI strings share so many
+# tokens with English there that copying the source already scores 17-25 chrF++.
+DEFAULT_LANGS = ("rus_Cyrl", "zho_Hans", "jpn_Jpan", "ell_Grek", "heb_Hebr", "arb_Arab", "hin_Deva")
 EVAL_SIZE = 500
 LO_PREFIX = "libreoffice-l10n-"
 LO_RESOURCES = "usr/lib/libreoffice/program/resource"
