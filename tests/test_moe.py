@@ -291,3 +291,10 @@ def test_expert_kernel_gradients_match_finite_differences(p: float) -> None:
     assert torch.equal(grads[1][1], torch.zeros(3, 5))
     assert torch.autograd.gradcheck(lambda *a: _ReluExperts.apply(*a, counts, 0.0, 1.0),
                                     (x, w1, b1, w2, b2))
+
+
+def test_no_tokens_gives_an_empty_output_and_no_nan():
+    layer = make_layer()
+    aux: dict[str, torch.Tensor] = {}
+    y = layer.forward_tokens(torch.zeros(0, 8), aux)
+    assert y.shape == (0, 8) and "loss/moe_balance" not in aux

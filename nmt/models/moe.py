@@ -348,6 +348,8 @@ class MoELayer(nn.Module):
     def forward_tokens(self, x: Tensor, aux: dict[str, Tensor]) -> Tensor:
         """MoE over real tokens ``[S, d]``; writes losses and statistics to ``aux``."""
         cfg, s = self.cfg, x.shape[0]
+        if s == 0:  # nothing to route (e.g. a batch of padding only): no output, no statistics
+            return x.new_zeros(x.shape)
         with torch.autocast(x.device.type, enabled=False):
             dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 at least (fp64 in tests)
             logits = F.linear(x.to(dtype), self.router.weight.to(dtype))
