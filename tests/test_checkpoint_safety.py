@@ -32,8 +32,8 @@ def test_latest_good_checkpoint_falls_back_and_names_the_bad_one(tmp_path):
     for step, name in ((10, "step_10.pt"), (20, "step_20.pt"), (20, "best.pt"), (30, "last.pt")):
         save_checkpoint({"step": step, "model": {}}, tmp_path / name)
     (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:50])  # killed mid-copy
-    path, warnings = latest_good_checkpoint(tmp_path)
-    assert path.name in ("step_20.pt", "best.pt") and load_checkpoint(path)["step"] == 20
+    path, state, warnings = latest_good_checkpoint(tmp_path)
+    assert path.name in ("step_20.pt", "best.pt") and state["step"] == 20
     assert len(warnings) == 1 and "last.pt" in warnings[0]
 
 

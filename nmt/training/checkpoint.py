@@ -89,9 +89,9 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint in ``ckpt_dir`` that verifies (``last.pt`` first, then the others by
-    step, newest first) and a warning for each newer one that did not."""
+def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint in ``ckpt_dir`` that verifies and loads (``last.pt`` first, then the
+    others by step, newest first), its loaded state, and a warning for each newer one that did not."""
     ckpt_dir = Path(ckpt_dir)
 
     def step_of(p: Path) -> int:
@@ -108,12 +108,11 @@ def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
         problem = verify_checkpoint(cand)
         if problem is None:
             try:
-                load_checkpoint(cand)
-                return cand, warnings
+                return cand, load_checkpoint(cand), warnings
             except UserError as e:
                 problem = str(e)
         warnings.append(f"checkpoint {cand} is unusable ({problem})")
-    return None, warnings
+    return None, None, warnings
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

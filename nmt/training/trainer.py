@@ -160,7 +160,7 @@ class Trainer:
 
     def _resume(self) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
-        path, problems = latest_good_checkpoint(ckpt_dir)
+        path, state, problems = latest_good_checkpoint(ckpt_dir)
         for problem in problems:
             print(f"WARNING: {problem}", flush=True)
         if path is None:
@@ -171,7 +171,6 @@ class Trainer:
             return
         if problems:
             print(f"WARNING: resuming from the previous good checkpoint {path} instead", flush=True)
-        state = load_checkpoint(path)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
