@@ -289,7 +289,9 @@ class Trainer:
         print(f"model: {n_params / 1e6:.2f}M parameters; {len(self.directions)} directions; "
               f"device {self.device}, precision {self.precision}; run dir {self.run_dir}", flush=True)
         desc = f"train (stops after {t.max_time_minutes:g} min)" if t.max_time_minutes > 0 else "train"
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, desc=desc, dynamic_ncols=True)
+        # With a time limit the step count at the end is unknown: no total, so no misleading ETA.
+        bar = tqdm(total=None if t.max_time_minutes > 0 else t.max_steps, initial=self.step,
+                   disable=not t.progress, desc=desc, dynamic_ncols=True)
         acc = self._new_acc()
         last_valid: dict[str, float] = {}
         deadline = time.monotonic() + t.max_time_minutes * 60 if t.max_time_minutes > 0 else float("inf")
