@@ -105,13 +105,10 @@ def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] 
     for cand in [ckpt_dir / "last.pt", *others]:
         if not cand.is_file():
             continue
-        problem = verify_checkpoint(cand)
-        if problem is None:
-            try:
-                return cand, load_checkpoint(cand), warnings
-            except UserError as e:
-                problem = str(e)
-        warnings.append(f"checkpoint {cand} is unusable ({problem})")
+        try:  # load_checkpoint checks the manifest first: each file is hashed once
+            return cand, load_checkpoint(cand), warnings
+        except UserError as e:
+            warnings.append(f"checkpoint {cand} is unusable ({e})")
     return None, None, warnings
 
 
