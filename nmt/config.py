@@ -92,6 +92,11 @@ class DataConfig:
     max_sentences: int = 0  # 0: no limit
     one_direction_per_batch: bool = False
     epoch_size: int = 0  # sentences per sampled epoch; 0: size of the training split
+    # Keep only N usable training pairs of a direction: ++data.subsample={eng_Latn-rus_Cyrl:2000}. The
+    # subset is the first N of a permutation keyed on (subsample_seed, direction), so it does not
+    # depend on trainer.seed and a smaller N is a subset of a larger one.
+    subsample: dict[str, int] = field(default_factory=dict)
+    subsample_seed: int = 0
 
 
 @dataclass
@@ -135,6 +140,7 @@ class TrainerConfig:
     valid_max_sentences: int = 0  # per direction (the first N); 0: whole validation split
     max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
     init_from: str = ""  # start from this checkpoint's weights (adapter parameters may be missing)
+    best_by: list[str] = field(default_factory=list)  # best.pt by these directions' mean valid loss; []: all
 
 
 @dataclass
@@ -158,6 +164,16 @@ class CurriculumConfig:
 
 
 @dataclass
+class InterferenceConfig:
+    """One cell of an interference sweep (recipes/interference, nmt/sweeps/interference.py)."""
+
+    focus: str = ""  # the focus direction, e.g. eng_Latn-rus_Cyrl; "": not an interference run
+    focus_size: int = 0  # training pairs of the focus direction (data.subsample); 0: all
+    arm: str = ""  # bi (the focus direction alone) | multi (every direction of data.directions)
+    test_max_sentences: int = 0  # chrF++/BLEU on the first N test lines of the focus direction; 0: all
+
+
+@dataclass
 class Config:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -167,6 +183,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    interference: InterferenceConfig = field(default_factory=InterferenceConfig)
 
 
 def register() -> None:
@@ -257,7 +274,7 @@ def validate(cfg: Config) -> None:
     _check(s.temperature > 0 and not math.isnan(s.temperature), "sampling.temperature", s.temperature,
            "use a temperature > 0 (1 = proportional, inf = uniform)")
     _check(s.method != "fixed" or len(s.weights) > 0, "sampling.weights", dict(s.weights),
-           "method=fixed needs a weight per direction, e.g. sampling.weights={eng_Latn-fra_Latn:1}")
+           "method=fixed needs a weight per direction, e.g. ++sampling.weights={eng_Latn-fra_Latn:1}")
     _check(s.unimax_budget >= 0, "sampling.unimax_budget", s.unimax_budget, "use 0 (auto) or a positive budget")
     _check(s.unimax_max_epochs > 0, "sampling.unimax_max_epochs", s.unimax_max_epochs, "use a value > 0")
 
@@ -291,6 +308,15 @@ def validate(cfg: Config) -> None:
            d.one_direction_per_batch, "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
     _check(t.max_bad_updates >= 1, "trainer.max_bad_updates", t.max_bad_updates, "use at least 1")
     _check(t.valid_max_sentences >= 0, "trainer.valid_max_sentences", t.valid_max_sentences, "use 0 (all) or more")
+    for direction, n in d.subsample.items():
+        _check(n >= 1, f"data.subsample.{direction}", n, "keep at least 1 pair (or remove the entry)")
+    i = cfg.interference
+    _check(i.arm in ("", "bi", "multi"), "interference.arm", i.arm, "use bi or multi (or leave it empty)")
+    _check(not i.arm or bool(i.focus), "interference.focus", i.focus,
+           "an interference run needs a focus direction, e.g. interference.focus=eng_Latn-rus_Cyrl")
+    _check(i.focus_size >= 0, "interference.focus_size", i.focus_size, "use 0 (all pairs) or a positive count")
+    _check(i.test_max_sentences >= 0, "interference.test_max_sentences", i.test_max_sentences,
+           "use 0 (all) or a positive count")
 
     _check(e.beam >= 1, "eval.beam", e.beam, "use at least 1")
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "use at least 1")

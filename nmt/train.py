@@ -29,10 +29,16 @@ def _main(dcfg: DictConfig) -> float | None:
         resolved = OmegaConf.to_container(dcfg, resolve=True)
         cfg: Config = OmegaConf.to_object(dcfg)
         validate(cfg)
+        from nmt.sweeps.cell import finish_cell, prepare_cell
         from nmt.training.trainer import Trainer
 
+        if cfg.interference.arm:  # one run of an interference sweep (recipes/interference)
+            prepare_cell(cfg, resolved)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = Trainer(cfg, run_dir, resolved).fit()
+        trainer = Trainer(cfg, run_dir, resolved)
+        summary = trainer.fit()
+        if cfg.interference.arm:
+            finish_cell(trainer, summary)
         return summary.get("valid/loss")
     except UserError as e:
         fail(str(e))

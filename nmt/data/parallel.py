@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -146,8 +147,15 @@ class ParallelData:
         *,
         max_source_positions: int | None = None,
         max_target_positions: int | None = None,
+        subsample: Mapping[str, int] | None = None,
+        subsample_seed: int = 0,
     ) -> None:
         _check_positions(max_source_positions, "model.max_positions (max_source_positions)")
+        subsample = {"-".join(parse_direction(k, where="data.subsample")): int(n) for k, n in (subsample or {}).items()}
+        unknown = sorted(set(subsample) - set(_canonical_directions(directions)))
+        if unknown:
+            raise UserError(f"config key data.subsample names {', '.join(unknown)}, which is not among the "
+                            f"directions of this split ({', '.join(_canonical_directions(directions))})")
         _check_positions(max_target_positions, "model.max_positions (max_target_positions)")
         self.directions: list[str] = _canonical_directions(directions)
         self.langs: list[tuple[int, int]] = []
@@ -172,6 +180,9 @@ class ParallelData:
                 "total": len(s_len), "kept": len(keep), "skipped": len(s_len) - len(keep),
                 "source_too_long": int(too_src.sum()), "target_too_long": int(too_tgt.sum()),
             }
+            if d in subsample:
+                keep = _subsample(keep, subsample[d], d, subsample_seed)
+                self.filtered[d]["kept"] = len(keep)
             s, t = d.split("-")
             self.langs.append((FLORES200.index(s), FLORES200.index(t)))
             self._ds.append((src_ds, tgt_ds))
@@ -189,6 +200,8 @@ class ParallelData:
         max_source_positions: int | None = None,
         max_target_positions: int | None = None,
         opener: Callable[[str], Any] | None = None,
+        subsample: Mapping[str, int] | None = None,
+        subsample_seed: int = 0,
     ) -> ParallelData:
         """Open ``<corpus>/bin/<split>/`` (``opener`` defaults to IndexedDataset)."""
         if opener is None:
@@ -217,6 +230,7 @@ class ParallelData:
         return cls(
             list(datasets), datasets,
             max_source_positions=max_source_positions, max_target_positions=max_target_positions,
+            subsample=subsample, subsample_seed=subsample_seed,
         )
 
     def sizes(self) -> dict[str, int]:
@@ -244,6 +258,16 @@ class ParallelData:
         return collate(
             src, tgt, [s for s, _ in langs], [t for _, t in langs], direction, index, pad_to_multiple
         )
+
+
+def _subsample(keep: np.ndarray, n: int, direction: str, seed: int) -> np.ndarray:
+    """The first ``n`` of a permutation of ``keep`` keyed on (seed, direction), in file order."""
+    if n > len(keep):
+        raise UserError(f"config key data.subsample asks for {n} pairs of {direction} but only {len(keep)} are "
+                        f"usable (after the length filter); ask for at most {len(keep)}")
+    key = np.random.SeedSequence([int(seed), zlib.crc32(direction.encode())])
+    order = np.random.default_rng(key).permutation(len(keep))
+    return np.sort(keep[order[:n]])
 
 
 def _canonical_directions(directions: Sequence[str]) -> list[str]:

@@ -56,8 +56,10 @@ class Trainer:
         prepare_run_dir(self.run_dir, corpus / "spm.model", self.tokenizer.sha256, resume=t.resume)
 
         max_pos = cfg.model.max_positions
+        self.corpus = corpus
         self.train_data = ParallelData.open(corpus, "train", self.directions, max_source_positions=max_pos,
-                                            max_target_positions=max_pos)
+                                            max_target_positions=max_pos, subsample=dict(cfg.data.subsample),
+                                            subsample_seed=cfg.data.subsample_seed)
         self.stages = check_stages(cfg.curriculum.stages, self.directions)
         self.stage = 0
         self.probs = self._probs_for(self.stages[0][1] if self.stages else self.directions)
@@ -72,6 +74,11 @@ class Trainer:
         if self.valid_data is not None and sum(self.valid_data.sizes().values()) == 0:
             raise UserError(f"the valid split of {corpus} has no usable segments for {', '.join(self.valid_directions)}; "
                             f"import a valid split or train without validation (data.valid_directions=[none])")
+        self.best_by = ["-".join(parse_direction(d, where="trainer.best_by")) for d in t.best_by]
+        outside = [d for d in self.best_by if d not in self.valid_directions]
+        if outside:
+            raise UserError(f"config key trainer.best_by names {', '.join(outside)}, which is not validated "
+                            f"(validation directions: {', '.join(self.valid_directions) or 'none'})")
 
         adapters = cfg.model.adapters
         if adapters.kind != "none" and not adapters.languages:  # adapter keys: the training languages/pairs
@@ -90,6 +97,7 @@ class Trainer:
         self.bad_in_a_row = 0  # consecutive updates skipped for a non-finite loss or gradient
         self.skipped_updates = 0
         self.best_valid: float | None = None
+        self.best_step: int | None = None
         self.precision, why = choose_precision(t.precision, cfg.model.d_model, cfg.model.ffn_dim, self.device)
         print(f"precision: {self.precision} ({why})", flush=True)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -140,6 +148,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
             "best_valid": self.best_valid,
+            "best_step": self.best_step,
             "skipped_updates": self.skipped_updates,
             "config": self.resolved_config,
             "directions": list(self.directions),
@@ -185,6 +194,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         self.step = int(state["step"])
         self.best_valid = state.get("best_valid")
+        self.best_step = state.get("best_step")
         self.skipped_updates = int(state.get("skipped_updates", 0))
         print(f"resumed from {path} at step {self.step}", flush=True)
 
@@ -257,30 +267,44 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        self.model.eval()
         assert self.valid_data is not None
-        nll = torch.zeros(len(self.valid_directions))
-        tok = torch.zeros(len(self.valid_directions))
-        limit = self.cfg.trainer.valid_max_sentences or None
+        record = self.split_loss(self.valid_data, self.valid_directions, "valid",
+                                 self.cfg.trainer.valid_max_sentences or None)
+        record["valid/ppl"] = math.exp(min(record["valid/loss"], 50.0))
+        return record
+
+    @torch.no_grad()
+    def split_loss(self, data: ParallelData, directions: list[str], prefix: str,
+                   limit: int | None = None) -> dict[str, Any]:
+        """Token-level NLL on ``data`` overall and per direction (``<prefix>/loss[/<direction>]``),
+        plus MoE statistics by direction when the model reports them."""
+        self.model.eval()
+        nll = torch.zeros(len(directions))
+        tok = torch.zeros(len(directions))
         aux_by_direction: dict[str, AuxMeter] = {}
-        for batch in valid_batches(self.valid_data, self.cfg.data.max_tokens, max_per_direction=limit):
-            _, out, aux = self._forward(batch, len(self.valid_directions))
+        for batch in valid_batches(data, self.cfg.data.max_tokens, max_per_direction=limit):
+            _, out, aux = self._forward(batch, len(directions))
             nll += out.nll_per_direction.cpu()
             tok += out.tokens_per_direction.cpu()
             if aux:  # every validation batch holds one direction
-                name = self.valid_directions[int(batch.direction[0])]
+                name = directions[int(batch.direction[0])]
                 aux_by_direction.setdefault(name, AuxMeter()).add(aux)
-        record: dict[str, Any] = validation_record(aux_by_direction)
+        record: dict[str, Any] = validation_record(aux_by_direction) if prefix == "valid" else {}
         loads = expert_load_table(aux_by_direction)
-        if loads:
+        if loads and prefix == "valid":
             plot_expert_load(loads, self.run_dir / "plots" / f"expert_load_step{self.step}.png",
                              f"expert load by layer and language pair, step {self.step}")
-        for d, name in enumerate(self.valid_directions):
+        for d, name in enumerate(directions):
             if tok[d] > 0:
-                record[f"valid/loss/{name}"] = float(nll[d] / tok[d])
-        record["valid/loss"] = float(nll.sum() / tok.sum().clamp(min=1))
-        record["valid/ppl"] = math.exp(min(record["valid/loss"], 50.0))
+                record[f"{prefix}/loss/{name}"] = float(nll[d] / tok[d])
+        record[f"{prefix}/loss"] = float(nll.sum() / tok.sum().clamp(min=1))
         return record
+
+    def selection_loss(self, record: dict[str, Any]) -> float:
+        """The validation loss that picks best.pt: over ``trainer.best_by`` directions, or all."""
+        if not self.best_by:
+            return record["valid/loss"]
+        return sum(record[f"valid/loss/{d}"] for d in self.best_by) / len(self.best_by)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -315,8 +339,9 @@ class Trainer:
                     last_valid = self.validate()
                     self.logger.valid({"step": self.step, **last_valid})
                     names = ["last.pt"]
-                    if self.best_valid is None or last_valid["valid/loss"] < self.best_valid:
-                        self.best_valid = last_valid["valid/loss"]
+                    selection = self.selection_loss(last_valid)
+                    if self.best_valid is None or selection < self.best_valid:
+                        self.best_valid, self.best_step = selection, self.step
                         names.append("best.pt")
                     if t.save_interval and self.step % t.save_interval == 0:
                         names.append(f"step_{self.step}.pt")
@@ -333,6 +358,7 @@ class Trainer:
             bar.close()
             self.logger.close()
         summary = {"step": self.step, "stopped_by": stop_reason, "best_valid_loss": self.best_valid,
+                   "best_step": self.best_step,
                    "parameters": n_params, "precision": self.precision, **last_valid}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
