@@ -135,7 +135,9 @@ class TrainerConfig:
     valid_interval: int = 500
     save_interval: int = 0  # keep a step_N checkpoint every N steps; 0: only last and best
     keep_last: int = 2  # step_N checkpoints kept
-    resume: bool = False
+    resume: str = "auto"  # auto: continue the run in the run dir when its config is the same | true | false
+    parallel: str = "ddp"  # with several ranks (torchrun / Slurm tasks): ddp | fsdp (FSDP2 fully_shard)
+    checkpoint_format: str = "auto"  # auto: single .pt files in one process, sharded .dcp dirs with several | pt | dcp
     progress: bool = True
     valid_max_sentences: int = 0  # per direction (the first N); 0: whole validation split
     max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
@@ -306,6 +308,10 @@ def validate(cfg: Config) -> None:
     _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
     _check(m.adapters.kind != "hyper" or d.one_direction_per_batch, "data.one_direction_per_batch",
            d.one_direction_per_batch, "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
+    _check(str(t.resume).lower() in ("auto", "true", "false"), "trainer.resume", t.resume, "use auto, true or false")
+    _check(t.parallel in ("ddp", "fsdp"), "trainer.parallel", t.parallel, "use ddp or fsdp")
+    _check(t.checkpoint_format in ("auto", "pt", "dcp"), "trainer.checkpoint_format", t.checkpoint_format,
+           "use auto, pt or dcp")
     _check(t.max_bad_updates >= 1, "trainer.max_bad_updates", t.max_bad_updates, "use at least 1")
     _check(t.valid_max_sentences >= 0, "trainer.valid_max_sentences", t.valid_max_sentences, "use 0 (all) or more")
     for direction, n in d.subsample.items():

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nmt.config import Config, register, validate
 from nmt.errors import EXIT_USER_ERROR, UserError, fail
+from nmt.training import distributed
 
 register()
 _entered = False
@@ -33,12 +34,16 @@ def _main(dcfg: DictConfig) -> float | None:
         from nmt.training.trainer import Trainer
 
         if cfg.interference.arm:  # one run of an interference sweep (recipes/interference)
+            if distributed.detect().world_size > 1:
+                raise UserError("interference runs measure best.pt in one process: launch each cell as one "
+                                "process (no torchrun, tasks_per_node=1, nodes=1)")
             prepare_cell(cfg, resolved)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         trainer = Trainer(cfg, run_dir, resolved)
         summary = trainer.fit()
         if cfg.interference.arm:
             finish_cell(trainer, summary)
+        distributed.shutdown()
         return summary.get("valid/loss")
     except UserError as e:
         fail(str(e))

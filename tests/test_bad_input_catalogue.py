@@ -349,10 +349,16 @@ def _(c):
         (str(run / "checkpoints"), "does not fit this config's model")
 
 
-@case(TRAIN, "new-run-over-an-existing-run")
+@case(TRAIN, "new-run-with-another-config-over-an-existing-run")
+def _(c):
+    run = c.run()  # trainer.resume=auto continues the same config, and refuses another one
+    return train_args(c, "optim.lr=0.01", run=run), (str(run), "optim.lr")
+
+
+@case(TRAIN, "resume-false-over-an-existing-run")
 def _(c):
     run = c.run()
-    return train_args(c, run=run), (str(run), "trainer.resume=true")
+    return train_args(c, "trainer.resume=false", run=run), (str(run), "trainer.resume=true")
 
 
 # ---------------------------------------------------------------- nmt.evaluate

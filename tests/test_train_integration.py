@@ -55,10 +55,47 @@ def test_resume_continues_exactly_from_the_checkpoint(prepared_corpus, full_run,
 
 def test_existing_run_is_not_overwritten(prepared_corpus, full_run):
     before = (full_run / "checkpoints" / "last.pt").read_bytes()
-    proc = train(prepared_corpus, full_run, check=False)
+    summary = (full_run / "summary.json").read_bytes()
+    # the same command again (trainer.resume=auto): the run is complete, nothing changes
+    proc = train(prepared_corpus, full_run)
+    assert "resuming it (trainer.resume=auto)" in proc.stdout and "is complete" in proc.stdout
+    # another config: refused, naming the difference
+    proc = train(prepared_corpus, full_run, "optim.lr=0.01", check=False)
     assert proc.returncode == 2
-    assert "trainer.resume=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert "optim.lr" in proc.stderr and "trainer.resume=true" in proc.stderr and "Traceback" not in proc.stderr
     assert (full_run / "checkpoints" / "last.pt").read_bytes() == before
+    assert (full_run / "summary.json").read_bytes() == summary
+
+
+def test_sigterm_saves_stops_and_the_same_command_resumes_exactly(prepared_corpus, full_run, tmp_path):
+    """TERM (or USR1/USR2, what Slurm and submitit send before a limit) mid-run: the step ends, last.pt
+    is saved, the process exits 0 without summary.json; the same command then continues the run
+    (trainer.resume=auto) and ends bit-identical to the uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, SMOKE
+
+    run = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "nmt.train", *SMOKE, f"data.corpus={prepared_corpus}", f"hydra.run.dir={run}",
+           "trainer.log_interval=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = run / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 12):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "SIGTERM received: saving at step" in out
+    stopped_at = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
+    assert 12 <= stopped_at < 60 and not (run / "summary.json").exists()
+    proc = train(prepared_corpus, run, "trainer.log_interval=1")
+    assert f"at step {stopped_at}" in proc.stdout
+    a, b = weights(full_run / "checkpoints" / "last.pt"), weights(run / "checkpoints" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("override, key", [

@@ -10,9 +10,11 @@ has the same number of steps per epoch.
 
 Resume: ``state_dict()`` is {epoch, batch_in_epoch, seed, settings, realised counts}; loading it
 into a loader with the same settings makes the next batch exactly the one an uninterrupted run
-would have produced. When a plan-shaping setting differs (seed, directions, probabilities,
-max_tokens, max_sentences, world_size, epoch_size, one_direction_per_batch, or the filtered data
-sizes) the loader warns, naming the settings, and continues at the start of the next epoch
+would have produced. A different world size resumes at the same global position
+(``global_batch``, the batches of the epoch all ranks drew), so W ranks × update_freq u and
+W' ranks × u' with W·u = W'·u' see the same batches (within an epoch: its dropped tail depends
+on W). When a plan-shaping setting differs (seed, directions, probabilities, max_tokens,
+max_sentences, epoch_size, one_direction_per_batch, or the filtered data sizes) the loader warns, naming the settings, and continues at the start of the next epoch
 with the new settings (at the saved epoch itself when it had not started): no half-epoch is
 replayed under a different plan. For curriculum runs call ``set_directions`` for the resumed
 stage BEFORE ``load_state_dict``.
@@ -63,6 +65,8 @@ class PlanSettings:
         """Names of the settings that differ from ``saved`` (a ``to_json`` dict)."""
         out = []
         for key, value in self.to_json().items():
+            if key == "world_size":  # positions are kept in global batches: a new world size resumes too
+                continue
             old = saved.get(key)
             if key == "probs":
                 same = isinstance(old, list) and len(old) == len(value) and all(
@@ -321,6 +325,7 @@ class TrainLoader:
             "format": STATE_FORMAT,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "global_batch": self.batch_in_epoch * self.world_size,  # batches of this epoch drawn by all ranks
             "seed": self.seed,
             "settings": self.settings.to_json(),
             "realised": {
@@ -356,6 +361,14 @@ class TrainLoader:
             if "directions" in changed or "probs" in changed:
                 return  # realised counts restart with the new probabilities
         else:
+            saved_world = int(saved.get("world_size", self.world_size))
+            if saved_world != self.world_size:  # the same global position, in steps of this world size
+                drawn = int(state.get("global_batch", batch * saved_world))
+                batch = -(-drawn // self.world_size)
+                if drawn % self.world_size:
+                    warnings.warn(f"the checkpoint stopped after {drawn} batches of epoch {epoch} on "
+                                  f"{saved_world} ranks; with {self.world_size} ranks training continues at "
+                                  f"batch {batch * self.world_size}", stacklevel=2)
             self.epoch, self.batch_in_epoch = epoch, batch
         for d in self.active:
             i = self.pools[d].direction_id

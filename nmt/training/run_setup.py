@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from nmt.errors import UserError
 from nmt.fileio import atomic_write
@@ -61,14 +62,54 @@ def resolve_directions(corpus: Path, requested: list[str], valid_requested: list
     return directions, valid_dirs
 
 
-def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, resume: bool) -> None:
-    """Create the run directory; refuse to start over an existing run unless resuming."""
+RUNTIME_KEYS = {("trainer", "resume"), ("trainer", "progress"), ("trainer", "threads")}  # may differ on restart
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(p.suffix in (".pt", ".dcp") and not p.name.endswith(".tmp") for p in ckpts.iterdir())
+
+
+def _first_difference(old: Any, new: Any, key: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if tuple(f"{key}.{k}".strip(".").split(".")) in RUNTIME_KEYS:
+                continue
+            diff = _first_difference(old.get(k), new.get(k), f"{key}.{k}".strip("."))
+            if diff:
+                return diff
+        return None
+    return None if old == new else f"{key}: {old!r} in the run, {new!r} now"
+
+
+def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict[str, Any],
+                    resume: str | bool = "auto") -> bool:
+    """Create the run directory and decide whether to resume the run already in it.
+
+    ``resume``: ``auto`` (default) continues a run whose saved ``config.yaml`` equals this config
+    (a restarted or requeued job) and refuses one with another config; ``true`` continues whatever
+    is there (e.g. with a larger trainer.max_steps); ``false`` refuses to touch an existing run.
+    """
+    mode = str(resume).lower()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} is a file; choose another with hydra.run.dir=...")
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.exists() and not resume:
-        raise UserError(f"{run_dir} already holds a run ({last}); continue it with trainer.resume=true or "
-                        f"start a new one elsewhere with hydra.run.dir=... (nothing was overwritten)")
+    existing = has_checkpoint(run_dir)
+    if existing and mode == "false":
+        raise UserError(f"{run_dir} already holds a run ({run_dir / 'checkpoints'}); continue it with "
+                        f"trainer.resume=true or start a new one elsewhere with hydra.run.dir=... (nothing was overwritten)")
+    if existing and mode == "auto":
+        import yaml
+
+        saved_path = run_dir / "config.yaml"
+        try:
+            saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            saved = None
+        diff = _first_difference(saved, config) if isinstance(saved, dict) else f"{saved_path} is missing or unreadable"
+        if diff:
+            raise UserError(f"{run_dir} already holds a run with another config ({diff}); continue it anyway "
+                            f"with trainer.resume=true, or start a new run with hydra.run.dir=... (nothing was overwritten)")
+        print(f"{run_dir} holds this run: resuming it (trainer.resume=auto)", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     local = run_dir / "spm.model"
     if local.exists():
@@ -79,3 +120,4 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, resume: bool
                             f"another corpus; use another hydra.run.dir")
     else:
         atomic_write(local, spm_path.read_bytes())
+    return mode == "true" or existing

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,12 +28,15 @@ from nmt.langs import parse_direction
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
-from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
+from nmt.training.checkpoint import load_checkpoint, manifest_path, save_checkpoint
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll
 from nmt.training.precision import choose_precision
 from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
+from nmt.training import distributed, preemption
+from nmt.training.parallel import all_sum, clip_grad_norm, sync_gradients, wrap
+from nmt.training.sharded import is_sharded, load_sharded, read_extra, save_sharded, sharded_step
 
 
 class Trainer:
@@ -46,6 +50,16 @@ class Trainer:
         if t.device == "cuda" and not torch.cuda.is_available():
             raise UserError("config key trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
         self.device = torch.device("cuda" if t.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self.env = distributed.detect()
+        distributed.init(self.env, self.device.type)
+        self.rank, self.world = self.env.rank, self.env.world_size
+        self.main = self.rank == 0
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.sharded = t.checkpoint_format == "dcp" or (t.checkpoint_format == "auto" and self.world > 1)
+        if self.world > 1 and t.checkpoint_format == "pt":
+            raise UserError(f"config key trainer.checkpoint_format=pt with {self.world} ranks: several ranks write "
+                            f"sharded checkpoints; use trainer.checkpoint_format=auto or dcp")
         torch.manual_seed(t.seed)
 
         corpus = resolve_corpus(cfg.data.corpus)
@@ -53,7 +67,13 @@ class Trainer:
         self.tokenizer.check_tags()
         check_bin_matches(corpus / "bin", self.tokenizer)
         self.directions, self.valid_directions = resolve_directions(corpus, cfg.data.directions, cfg.data.valid_directions)
-        prepare_run_dir(self.run_dir, corpus / "spm.model", self.tokenizer.sha256, resume=t.resume)
+        adapters = cfg.model.adapters
+        if adapters.kind != "none" and not adapters.languages:  # adapter keys: the training languages/pairs
+            adapters.languages = sorted({code for d in self.directions for code in d.split("-")})
+            adapters.pairs = list(self.directions)
+            resolved_config["model"]["adapters"].update(languages=adapters.languages, pairs=adapters.pairs)
+        self.resume = self._on_main(lambda: prepare_run_dir(self.run_dir, corpus / "spm.model", self.tokenizer.sha256,
+                                                            resolved_config, t.resume))
 
         max_pos = cfg.model.max_positions
         self.corpus = corpus
@@ -63,11 +83,12 @@ class Trainer:
         self.stages = check_stages(cfg.curriculum.stages, self.directions)
         self.stage = 0
         self.probs = self._probs_for(self.stages[0][1] if self.stages else self.directions)
+        # Every rank plans the same global batch stream and takes every world-th batch of it.
         self.loader = TrainLoader(
             self.train_data, self.probs, max_tokens=cfg.data.max_tokens,
             max_sentences=cfg.data.max_sentences or None, seed=t.seed,
             one_direction_per_batch=cfg.data.one_direction_per_batch,
-            epoch_size=cfg.data.epoch_size or None)
+            epoch_size=cfg.data.epoch_size or None, rank=self.rank, world_size=self.world)
         self.valid_data = (ParallelData.open(corpus, "valid", self.valid_directions, max_source_positions=max_pos,
                                              max_target_positions=max_pos)
                            if self.valid_directions else None)
@@ -80,33 +101,72 @@ class Trainer:
             raise UserError(f"config key trainer.best_by names {', '.join(outside)}, which is not validated "
                             f"(validation directions: {', '.join(self.valid_directions) or 'none'})")
 
-        adapters = cfg.model.adapters
-        if adapters.kind != "none" and not adapters.languages:  # adapter keys: the training languages/pairs
-            adapters.languages = sorted({code for d in self.directions for code in d.split("-")})
-            adapters.pairs = list(self.directions)
-            resolved_config["model"]["adapters"].update(languages=adapters.languages, pairs=adapters.pairs)
-        self.model = build_model(cfg.model, self.tokenizer.vocab_size).to(self.device)
+        self.model = self._build_model()
         if t.init_from:
             self._init_from(Path(t.init_from))
         if adapters.freeze_base:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(is_adapter_parameter(name))
-        print(parameter_report(self.model), flush=True)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if self.main:
+            print(parameter_report(self.model), flush=True)
+        self.wrapped = wrap(self.model, t.parallel, self.device) if self.world > 1 else self.model
+        self.optimizer = build_optimizer(self.wrapped, cfg.optim)
+        if self.rank > 0:  # dropout differs by rank; rank 0 keeps the stream of a single process
+            torch.manual_seed(t.seed + 1_000_003 * self.rank)
         self.step = 0
         self.bad_in_a_row = 0  # consecutive updates skipped for a non-finite loss or gradient
         self.skipped_updates = 0
         self.best_valid: float | None = None
         self.best_step: int | None = None
         self.precision, why = choose_precision(t.precision, cfg.model.d_model, cfg.model.ffn_dim, self.device)
-        print(f"precision: {self.precision} ({why})", flush=True)
+        self._say(f"precision: {self.precision} ({why}); {self.world} rank(s)"
+                  + (f" ({self.env.source}, trainer.parallel={t.parallel})" if self.world > 1 else ""))
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if self.precision == "bf16" else nullcontext())
-        if t.resume:
+        if self.resume:
             self._resume()
         # Only once the checkpoint is known to fit: a refused resume leaves the run as it was.
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
-        self.logger = RunLogger(self.run_dir)
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config)))
+        self.logger = RunLogger(self.run_dir, enabled=self.main)
+
+    def _say(self, message: str) -> None:
+        if self.main:
+            print(message, flush=True)
+
+    def _on_main(self, fn):  # noqa: ANN001, ANN202
+        """Run ``fn`` on rank 0 only; a UserError there stops every rank (with the message on rank 0)."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = fn()
+            except UserError as e:
+                error = e
+        failed = distributed.any_rank(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise UserError("rank 0 stopped with an error (see its output)")
+        if self.world > 1:  # every rank needs the answer (e.g. whether to resume)
+            box = [result]
+            torch.distributed.broadcast_object_list(box, src=0)
+            result = box[0]
+        return result
+
+    def _build_model(self) -> torch.nn.Module:
+        """The model on this rank. With several ranks and MoE, each rank holds its share of the
+        experts; they start from the same weights as a single process would (built whole, sliced)."""
+        moe = self.cfg.model.moe.experts > 0
+        vocab = self.tokenizer.vocab_size
+        if self.world == 1 or not moe:
+            return build_model(self.cfg.model, vocab).to(self.device)
+        if self.cfg.model.moe.experts % self.world:
+            raise UserError(f"config key model.moe.experts={self.cfg.model.moe.experts} does not split over "
+                            f"{self.world} ranks (expert parallelism): use a multiple of the world size")
+        whole = build_model(self.cfg.model, vocab).state_dict()
+        model = build_model(self.cfg.model, vocab, expert_group=torch.distributed.group.WORLD)
+        model.load_state_dict(whole)  # Experts keep their own slice
+        return model.to(self.device)
 
     def _init_from(self, path: Path) -> None:
         """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
@@ -139,14 +199,21 @@ class Trainer:
               f"({', '.join(directions)})", flush=True)
 
     # ---------------------------------------------------------------- checkpoints
-    def _state(self) -> dict[str, Any]:
+    def _extra_state(self) -> dict[str, Any]:
+        """Everything but the tensors of the model and optimizer (identical on every rank, except
+        the RNG: each rank's is kept)."""
+        rng = {"torch": torch.get_rng_state(),
+               **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})}
+        per_rank = [rng]
+        if self.world > 1:
+            per_rank = [None] * self.world
+            torch.distributed.all_gather_object(per_rank, rng)
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
+            "rng": per_rank[0],
+            "rng_per_rank": per_rank,
+            "world_size": self.world,
             "best_valid": self.best_valid,
             "best_step": self.best_step,
             "skipped_updates": self.skipped_updates,
@@ -156,54 +223,112 @@ class Trainer:
         }
 
     def _save(self, names: list[str]) -> None:
-        state = self._state()
-        for name in names:  # each file written atomically on its own
-            save_checkpoint(state, self.run_dir / "checkpoints" / name)
-        self._prune()
+        """Write ``names`` (``last``, ``best``, ``step_N``): single files, or sharded directories."""
+        extra = self._extra_state()
+        ckpt_dir = self.run_dir / "checkpoints"
+        if self.sharded:  # collective: every rank writes its shards
+            for name in names:
+                save_sharded(ckpt_dir / f"{name}.dcp", self.wrapped, self.optimizer, extra)
+        elif self.main:
+            state = {**extra, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            for name in names:  # each file written atomically on its own
+                save_checkpoint(state, ckpt_dir / f"{name}.pt")
+        if self.main:
+            self._prune()
+        distributed.barrier()
 
     def _prune(self) -> None:
-        steps = sorted(self.run_dir.glob("checkpoints/step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        suffix = ".dcp" if self.sharded else ".pt"
+        steps = sorted(self.run_dir.glob(f"checkpoints/step_*{suffix}"), key=lambda p: int(p.stem.split("_")[1]))
         for old in steps[: -self.cfg.trainer.keep_last]:
-            old.unlink()
-            manifest_path(old).unlink(missing_ok=True)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+                manifest_path(old).unlink(missing_ok=True)
+
+    def _candidates(self) -> list[Path]:
+        """Checkpoints of the run dir, newest first: ``last`` first, then the others by step."""
+        ckpt_dir = self.run_dir / "checkpoints"
+        if not ckpt_dir.is_dir():
+            return []
+        found = [p for p in ckpt_dir.iterdir() if p.suffix in (".pt", ".dcp")]
+
+        def step_of(p: Path) -> int:
+            if is_sharded(p):
+                return sharded_step(p)
+            try:
+                return int(json.loads(manifest_path(p).read_text()).get("step", -1))
+            except (OSError, ValueError):
+                return int(p.stem.split("_")[1]) if p.stem.startswith("step_") else -1
+
+        return sorted(found, key=lambda p: (p.stem == "last", step_of(p)), reverse=True)
 
     def _resume(self) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
-        path, state, problems = latest_good_checkpoint(ckpt_dir)
+        chosen, state, problems = None, None, []
+        for cand in self._candidates():
+            try:  # each candidate is checked against its manifest once
+                state = read_extra(cand) if is_sharded(cand) else load_checkpoint(cand)
+                if not is_sharded(cand) and self.world > 1 and (self.cfg.model.moe.experts or
+                                                                 self.cfg.trainer.parallel == "fsdp"):
+                    raise UserError("a single-file checkpoint resumes on several ranks only with a dense model and "
+                                    "trainer.parallel=ddp; convert it by resuming it in one process with "
+                                    "trainer.checkpoint_format=dcp for a step")
+                chosen = cand
+                break
+            except UserError as e:
+                problems.append(f"checkpoint {cand} is unusable ({e})")
         for problem in problems:
-            print(f"WARNING: {problem}", flush=True)
-        if path is None:
+            self._say(f"WARNING: {problem}")
+        if chosen is None:
             if problems:
-                raise UserError(f"trainer.resume=true but no checkpoint in {ckpt_dir} is usable; start a new run "
+                raise UserError(f"trainer.resume: no checkpoint in {ckpt_dir} is usable; start a new run "
                                 f"in another directory (hydra.run.dir=...)")
-            print(f"trainer.resume=true but {ckpt_dir / 'last.pt'} does not exist: starting from scratch", flush=True)
+            self._say(f"trainer.resume=true but {ckpt_dir} holds no checkpoint: starting from scratch")
             return
         if problems:
-            print(f"WARNING: resuming from the previous good checkpoint {path} instead", flush=True)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise UserError(f"checkpoint {path} does not fit this config's model ({str(e).splitlines()[0][:160]}); "
-                            f"resume with the config the run was started with") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+            self._say(f"WARNING: resuming from the previous good checkpoint {chosen} instead")
+        if is_sharded(chosen):
+            load_sharded(chosen, self.wrapped, self.optimizer)
+        else:
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise UserError(f"checkpoint {chosen} does not fit this config's model ({str(e).splitlines()[0][:160]}); "
+                                f"resume with the config the run was started with") from None
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.stages and stage_at(self.stages, int(state["step"])) != self.stage:
             self._enter_stage(stage_at(self.stages, int(state["step"])))  # the loader state is of that stage
         self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        self._restore_rng(state)
         self.step = int(state["step"])
         self.best_valid = state.get("best_valid")
         self.best_step = state.get("best_step")
         self.skipped_updates = int(state.get("skipped_updates", 0))
-        print(f"resumed from {path} at step {self.step}", flush=True)
+        self._say(f"resumed from {chosen} at step {self.step}")
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == self.world:
+            rng = per_rank[self.rank]
+        elif self.rank == 0:
+            rng = per_rank[0]
+        else:  # another world size: this rank's dropout stream starts afresh (deterministically)
+            torch.manual_seed(self.cfg.trainer.seed + 1_000_003 * self.rank + int(state["step"]))
+            self._say(f"note: the checkpoint was written by {len(per_rank)} rank(s), this run has {self.world}: "
+                      f"ranks > 0 reseed their dropout streams")
+            return
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
 
     # ---------------------------------------------------------------- steps
     def _forward(self, batch, n_directions: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         b = batch.to(self.device)
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
-            logits, aux = self.model(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
+            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
         direction = b.direction[:, None].expand_as(b.target)[counted]
         out = label_smoothed_nll(logits, b.target[counted], self.cfg.optim.label_smoothing, direction, n_directions)
         return out.loss, out, aux
@@ -217,27 +342,35 @@ class Trainer:
         tok_dir = torch.zeros(len(self.directions))
         aux_meter = AuxMeter()
         objective = 0.0  # the value whose gradient is taken (loss + aux losses), to check it is finite
-        for _ in range(self.cfg.trainer.update_freq):
+        n_micro = self.cfg.trainer.update_freq
+        for i in range(n_micro):
             batch = next(self.loader)
-            loss, out, aux = self._forward(batch, len(self.directions))
-            for key, value in aux.items():
-                if key.startswith("loss/"):
-                    loss = loss + value * out.ntokens  # aux losses are per-token means
+            with sync_gradients(self.wrapped, i == n_micro - 1):  # one all-reduce per update
+                loss, out, aux = self._forward(batch, len(self.directions))
+                for key, value in aux.items():
+                    if key.startswith("loss/"):
+                        loss = loss + value * out.ntokens  # aux losses are per-token means
+                loss.backward()
             aux_meter.add(aux)
-            loss.backward()
             objective += float(loss.detach())
             total_tokens += out.ntokens
             loss_sum += float(out.loss.detach())
             nll_sum += float(out.nll)
             nll_dir += out.nll_per_direction.cpu()
             tok_dir += out.tokens_per_direction.cpu()
-        # Gradients of summed losses, normalised once by all target tokens of the update.
-        scale = 1.0 / max(total_tokens, 1)
-        for p in self.model.parameters():
+        if self.world > 1:  # totals over all ranks (one small all-reduce)
+            totals = all_sum(torch.cat([torch.tensor([total_tokens, objective, loss_sum, nll_sum], dtype=torch.float64),
+                                        nll_dir.double(), tok_dir.double()]))
+            total_tokens, objective, loss_sum, nll_sum = int(totals[0]), *(float(x) for x in totals[1:4])
+            n = len(self.directions)
+            nll_dir, tok_dir = totals[4:4 + n].float(), totals[4 + n:].float()
+        # Gradients of summed losses, normalised once by all target tokens of the update (DDP/FSDP
+        # average over ranks, hence the factor world).
+        scale = self.world / max(total_tokens, 1)
+        for p in self.wrapped.parameters():
             if p.grad is not None:
                 p.grad.mul_(scale)
-        gnorm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.cfg.optim.clip_norm if self.cfg.optim.clip_norm > 0 else float("inf"))
+        gnorm = clip_grad_norm(self.wrapped, self.cfg.optim.clip_norm if self.cfg.optim.clip_norm > 0 else float("inf"))
         lr = scheduled_lr(self.step + 1, self.cfg.optim, self.cfg.trainer.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -309,26 +442,37 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         t = self.cfg.trainer
+        done = self.run_dir / "summary.json"
+        if self.step >= t.max_steps and done.is_file():  # a finished run started again: nothing to do
+            self._say(f"{self.run_dir} is complete (step {self.step} of trainer.max_steps={t.max_steps}); "
+                      f"raise trainer.max_steps with trainer.resume=true to train on")
+            return json.loads(done.read_text())
         n_params = count_parameters(self.model)
         print(f"model: {n_params / 1e6:.2f}M parameters; {len(self.directions)} directions; "
               f"device {self.device}, precision {self.precision}; run dir {self.run_dir}", flush=True)
         desc = f"train (stops after {t.max_time_minutes:g} min)" if t.max_time_minutes > 0 else "train"
         # With a time limit the step count at the end is unknown: no total, so no misleading ETA.
         bar = tqdm(total=None if t.max_time_minutes > 0 else t.max_steps, initial=self.step,
-                   disable=not t.progress, desc=desc, dynamic_ncols=True)
+                   disable=not (t.progress and self.main), desc=desc, dynamic_ncols=True)
         acc = self._new_acc()
         last_valid: dict[str, float] = {}
         deadline = time.monotonic() + t.max_time_minutes * 60 if t.max_time_minutes > 0 else float("inf")
         stop_reason = "max_steps"
+        preemption.install()  # USR1/USR2 (Slurm/submitit, before the time limit) or TERM: save, then stop
         try:
             while self.step < t.max_steps:
                 stats = self.train_step()
                 self._accumulate(acc, stats)
                 bar.update(1)
                 final = self.step == t.max_steps
-                if time.monotonic() >= deadline:
+                if distributed.any_rank(time.monotonic() >= deadline) and not final:
                     final, stop_reason = True, "max_time_minutes"
-                    bar.write(f"trainer.max_time_minutes={t.max_time_minutes} reached at step {self.step}: stopping")
+                    self._say(f"trainer.max_time_minutes={t.max_time_minutes} reached at step {self.step}: stopping")
+                if distributed.any_rank(preemption.requested() is not None):
+                    self._say(f"{preemption.requested() or 'a signal'} received: saving at step {self.step}, then stopping")
+                    self._save(["last"])
+                    stop_reason = "preempted"
+                    break
                 if self.step % t.log_interval == 0 or final:
                     record = self._log_record(acc)
                     self.logger.train(record)
@@ -338,29 +482,40 @@ class Trainer:
                 if is_valid and self.valid_data is not None:
                     last_valid = self.validate()
                     self.logger.valid({"step": self.step, **last_valid})
-                    names = ["last.pt"]
+                    names = ["last"]
                     selection = self.selection_loss(last_valid)
                     if self.best_valid is None or selection < self.best_valid:
                         self.best_valid, self.best_step = selection, self.step
-                        names.append("best.pt")
+                        names.append("best")
                     if t.save_interval and self.step % t.save_interval == 0:
-                        names.append(f"step_{self.step}.pt")
+                        names.append(f"step_{self.step}")
                     self._save(names)
-                    bar.write(f"step {self.step}: valid loss {last_valid['valid/loss']:.3f} "
-                              f"(best {self.best_valid:.3f})")
+                    if self.main:
+                        bar.write(f"step {self.step}: valid loss {last_valid['valid/loss']:.3f} "
+                                  f"(best {self.best_valid:.3f})")
                 elif t.save_interval and self.step % t.save_interval == 0:
-                    self._save(["last.pt", f"step_{self.step}.pt"])
+                    self._save(["last", f"step_{self.step}"])
                 if final:
                     break
-            if self.valid_data is None:  # no validation: best.pt is the latest model
-                self._save(["last.pt", "best.pt"])
+            if self.valid_data is None and stop_reason != "preempted":  # no validation: best is the latest
+                self._save(["last", "best"])
         finally:
             bar.close()
             self.logger.close()
+        if stop_reason == "preempted":
+            # Exit instead of returning: under submitit a return would record the job as finished
+            # while Slurm runs it again. No summary.json: the run is not complete.
+            if self.main and preemption.requeue_self():
+                print("requeued this Slurm job: it resumes from checkpoints/last when it restarts", flush=True)
+            distributed.barrier()
+            distributed.shutdown()
+            raise SystemExit(0)
+        preemption.uninstall()
         summary = {"step": self.step, "stopped_by": stop_reason, "best_valid_loss": self.best_valid,
-                   "best_step": self.best_step,
+                   "best_step": self.best_step, "world_size": self.world,
                    "parameters": n_params, "precision": self.precision, **last_valid}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _new_acc(self) -> dict[str, Any]:
