@@ -96,3 +96,12 @@ def test_sharded_checkpoints_resume_at_another_world_size(prepared_corpus, tmp_p
     proc = torchrun(prepared_corpus, one_two, *COMMON, *MOE, "trainer.resume=true")
     assert "at step 3" in proc.stdout
     assert_close(weights(full), weights(one_two))
+
+
+def test_accumulation_steps_do_not_all_reduce():
+    script = Path(__file__).parent / "distributed" / "grad_sync_count.py"
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+                           str(script)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("OK") == 2

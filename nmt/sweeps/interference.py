@@ -70,7 +70,7 @@ def _expected(sweep_dir: Path) -> list[frozenset[str]]:
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             axes.append([f"{o.get_key_element()}={v}" for v in values])
         wanted.extend(frozenset(combo) for combo in itertools.product(*axes))
-    return wanted
+    return list(dict.fromkeys(wanted))  # several multirun.yaml may ask for the same cell
 
 
 def read_sweep(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
