@@ -150,7 +150,6 @@ def test_tiny_sweep_end_to_end(prepared_corpus, tmp_path):
         f"interference.focus={FOCUS}", "interference.focus_size=400", "interference.test_max_sentences=10",
         "trainer.max_steps=24", "optim.warmup_steps=8", "trainer.valid_interval=8", "trainer.log_interval=8",
         "trainer.progress=false", "trainer.precision=fp32", "eval.beam=1", f"hydra.sweep.dir={sweep}",
-        "hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.arm}",
         timeout=600)
     results, problems = read_sweep(sweep)
     assert problems == [], problems
