@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from nmt.errors import UserError
-from nmt.fileio import atomic_dir, atomic_file, check_writable  # noqa: F401  (re-exported)
+from nmt.fileio import atomic_dir, atomic_file, check_writable, sha256_file  # noqa: F401  (re-exported)
 
 FORMAT = 1
 SPLITS = ("train", "valid", "test")
@@ -34,15 +34,6 @@ CREATE_HINT = ("create it with python -m data_prep.import_corpus --out DIR ... "
 def pair_name(a: str, b: str) -> str:
     """The name of the pair of languages ``a`` and ``b``: codes in sorted order."""
     return "-".join(sorted((a, b)))
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LineWriter:

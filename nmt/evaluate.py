@@ -12,7 +12,8 @@ UTF-8, one translation per line, in the order of the Flores lines of ``<src>``. 
 lines as the Flores file (or, with ``max_lines=N``, either that many or exactly N).
 
 Keys:
-  ckpt=PATH | hyp_dir=DIR    what to score
+  ckpt=PATH | hyp_dir=DIR    what to score (ckpt: a .pt file, a .dcp directory, or an export
+                              directory written by python -m nmt.export)
   flores.dir=DIR              <DIR>/<split>/<code>.<split> (required)
   split=devtest               Flores split (dev or devtest)
   directions=auto             auto: en-centric for ckpt, every <src>-<tgt>.hyp for hyp_dir;
@@ -183,8 +184,9 @@ def _read_hypotheses(
 
 def _translator(cfg: EvalConfig):
     """Load the model lazily (torch and the model code are only needed in ckpt mode)."""
-    if not Path(cfg.ckpt).is_file():
-        raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=)")
+    if not Path(cfg.ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
+        raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=): pass a .pt checkpoint, a .dcp "
+                        f"checkpoint directory or an export directory (python -m nmt.export)")
     from nmt.inference import Translator
 
     device = cfg.device

@@ -4,6 +4,7 @@ and an existing output is replaced only when the caller says so (``overwrite``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -83,3 +84,12 @@ def atomic_write(path: str | Path, data: bytes | str, *, overwrite: bool = False
                 os.fsync(f.fileno())
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()

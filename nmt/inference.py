@@ -1,20 +1,45 @@
-"""Load a trained checkpoint and translate lists of sentences (used by evaluate and translate)."""
+"""Load a trained model and translate lists of sentences (used by evaluate and translate).
+
+:func:`load_inference_checkpoint` is the one loader: it takes any of
+
+- a single-file training checkpoint ``<run>/checkpoints/{last,best,step_N}.pt``;
+- a sharded one, ``<run>/checkpoints/{last,best,step_N}.dcp/`` (read in one process, at any
+  world size it was written with);
+- an export directory written by ``python -m nmt.export`` (``model.safetensors``,
+  ``config.json``, ``spm.model``), or its ``model.safetensors`` / ``config.json``;
+
+and returns the model config, the full state dict and the tokenizer (checked against the
+sha256 the checkpoint records). No code from any of these files is ever run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields, is_dataclass
+import json
+import warnings
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nmt.config import EvalConfig, ModelConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
+from nmt.fileio import sha256_file
 from nmt.eval.search import beam_search
 from nmt.langs import FLORES200, all_tag_tokens, normalize_lang
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, Transformer
 from nmt.training.checkpoint import load_checkpoint
+
+# The export directory layout (python -m nmt.export); see docs/export.md.
+EXPORT_FORMAT = "nmt-inference"
+EXPORT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+SPM = "spm.model"
+
+KINDS = "a .pt checkpoint, a .dcp checkpoint directory or an export directory (python -m nmt.export)"
 
 
 def _dataclass_from(cls, d: dict):
@@ -29,17 +54,174 @@ def _dataclass_from(cls, d: dict):
 
 
 def find_tokenizer(ckpt_path: Path, state: dict) -> Tokenizer:
-    """The run directory's copy of ``spm.model`` (checked against the checkpoint's sha256)."""
-    info = state.get("tokenizer", {})
-    candidates = [ckpt_path.parent.parent / "spm.model", Path(info.get("path", ""))]
+    """The run directory's copy of ``spm.model`` (checked against the checkpoint's sha256):
+    ``<run>/spm.model`` beside ``<run>/checkpoints/``, else the path the checkpoint recorded."""
+    info = state.get("tokenizer", {}) or {}
+    want = info.get("sha256")
+    beside = ckpt_path.parent.parent / SPM
+    candidates = list(dict.fromkeys([beside, Path(info["path"]) if info.get("path") else beside]))
+    mismatched: list[Tokenizer] = []
     for cand in candidates:
         if cand.is_file():
             tok = Tokenizer(cand)
-            if info.get("sha256") and tok.sha256 != info["sha256"]:
-                raise UserError(f"{cand} is not the vocabulary checkpoint {ckpt_path} was trained with "
-                                f"(sha256 differs); restore the run directory's spm.model")
-            return tok
-    raise UserError(f"no spm.model found for checkpoint {ckpt_path}: expected {candidates[0]}")
+            if not want or tok.sha256 == want:
+                return tok
+            mismatched.append(tok)
+    if mismatched:
+        raise UserError(f"{mismatched[0].path} is not the vocabulary checkpoint {ckpt_path} was trained with "
+                        f"(sha256 {mismatched[0].sha256[:12]}… where the checkpoint records {want[:12]}…); "
+                        f"restore the run directory's spm.model")
+    raise UserError(f"no spm.model found for checkpoint {ckpt_path}: expected {candidates[0]}; "
+                    f"copy the run's spm.model (sha256 {str(want)[:12]}…) back there")
+
+
+@dataclass
+class InferenceCheckpoint:
+    """What a model needs for inference, from any checkpoint kind (:func:`load_inference_checkpoint`)."""
+
+    path: Path  # the path given
+    kind: str  # pt | dcp | export
+    model_config: dict[str, Any]  # the run's ``model`` config (rebuilds the architecture)
+    state: dict[str, torch.Tensor]  # the full model state dict (MoE experts as whole [E, ...] tensors)
+    tokenizer: Tokenizer  # checked against the sha256 the checkpoint records
+    eval_config: dict[str, Any] = field(default_factory=dict)  # the run's ``eval`` defaults (beam, lenpen, ...)
+    info: dict[str, Any] = field(default_factory=dict)  # step, directions, source, ... (provenance only)
+
+    def build_model(self) -> Transformer:
+        """The model with every expert on this process, weights loaded, in eval mode."""
+        model = build_model(_dataclass_from(ModelConfig, self.model_config), self.tokenizer.vocab_size)
+        try:
+            missing, unexpected = model.load_state_dict(self.state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise UserError(f"checkpoint {self.path} does not match its own model config "
+                            f"({str(e).splitlines()[-1].strip()[:200]}); re-export it or use another checkpoint") from None
+        if self.kind == "dcp":  # a sharded checkpoint holds parameters only: buffers come from the config
+            params = {n for n, _ in model.named_parameters()}
+            missing = [k for k in missing if k in params]
+        if missing or unexpected:
+            names = ", ".join((list(missing) + list(unexpected))[:4])
+            raise UserError(f"checkpoint {self.path} does not match its own model config ({len(missing)} missing, "
+                            f"{len(unexpected)} unexpected tensors: {names}); re-export it or use another checkpoint")
+        return model.eval()
+
+
+def checkpoint_kind(path: str | Path) -> tuple[str, Path]:
+    """``("pt", file)``, ``("dcp", dir)`` or ``("export", export dir)`` for a path given by the user."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint {p} does not exist; pass {KINDS}")
+    if p.is_file():
+        if p.suffix == ".safetensors" or (p.name == CONFIG and (p.parent / WEIGHTS).exists()):
+            return "export", p.parent
+        return "pt", p
+    from nmt.training.sharded import MANIFEST, SUFFIX
+
+    if (p / WEIGHTS).exists() or (p / CONFIG).exists():
+        return "export", p
+    if p.name.endswith(SUFFIX) or (p / MANIFEST).exists():
+        return "dcp", p
+    if p.name.endswith(SUFFIX + ".tmp"):
+        raise UserError(f"checkpoint {p} is an interrupted sharded save (a .dcp.tmp directory); use "
+                        f"{p.name[:-4]} or another checkpoint of the run")
+    hint = ""
+    if (p / "checkpoints").is_dir():
+        hint = f" (a run directory: pass e.g. {p / 'checkpoints' / 'best.pt'} or best.dcp)"
+    elif any(p.glob("*.pt")) or any(p.glob("*" + SUFFIX)):
+        hint = f" (a checkpoints directory: pass one checkpoint in it, e.g. {p / 'best.pt'})"
+    raise UserError(f"checkpoint {p} is a directory but not an nmt checkpoint{hint}; pass {KINDS}")
+
+
+def load_inference_checkpoint(path: str | Path) -> InferenceCheckpoint:
+    """Path → model config, full state dict and tokenizer, for every checkpoint kind.
+
+    Every problem (missing, corrupt or foreign file, missing or different tokenizer) is a
+    UserError naming the file and the fix."""
+    kind, where = checkpoint_kind(path)
+    if kind == "export":
+        return _load_export(Path(path), where)
+    if kind == "dcp":
+        from nmt.training.sharded import EXTRA, load_model_tensors
+
+        try:
+            with warnings.catch_warnings():  # "torch.distributed is disabled ...": one process is the intent
+                warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+                tensors = load_model_tensors(where)  # checks every file against the manifest first
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - DCP metadata/reader errors
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"sharded checkpoint {where} cannot be read ({first}); use another checkpoint") from None
+        state = load_checkpoint(where / EXTRA, require_model=False)  # the files were verified just above
+    else:
+        state = load_checkpoint(where)
+        tensors = state["model"]
+    cfg = state.get("config") or {}
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise UserError(f"checkpoint {where} records no model config (config.model); it was not written by "
+                        f"nmt.train: use a checkpoint from a run's checkpoints/ directory")
+    tok = find_tokenizer(where, state)
+    info = {k: state.get(k) for k in ("step", "directions", "world_size", "best_step")}
+    info["tokenizer_sha256"] = (state.get("tokenizer") or {}).get("sha256") or tok.sha256
+    return InferenceCheckpoint(Path(path), kind, cfg["model"], tensors, tok, cfg.get("eval") or {}, info)
+
+
+
+def read_export_config(export_dir: Path) -> dict[str, Any]:
+    """``config.json`` of an export directory, checked for format and version."""
+    cfg_path = export_dir / CONFIG
+    fix = "re-export it with python -m nmt.export CKPT DIR --overwrite"
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{cfg_path} is missing, so {export_dir} is not a complete export; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{cfg_path} is unreadable or not JSON ({str(e)[:120]}); {fix}") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{cfg_path} is not an nmt export config (\"format\": \"{EXPORT_FORMAT}\" expected); {fix}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise UserError(f"{cfg_path} has export format_version {version!r}, newer than this nmt reads "
+                        f"({EXPORT_VERSION}); upgrade nmt or re-export with this version")
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta.get("tokenizer"), dict):
+        raise UserError(f"{cfg_path} lacks its model or tokenizer section; {fix}")
+    return meta
+
+
+def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    fix = "re-export it with python -m nmt.export CKPT DIR --overwrite"
+    meta = read_export_config(export_dir)
+    wpath = export_dir / WEIGHTS
+    if not wpath.is_file():
+        raise UserError(f"{wpath} is missing, so {export_dir} is not a complete export; {fix}")
+    weights = meta.get("weights") or {}
+    size = wpath.stat().st_size
+    if weights.get("bytes") not in (None, size):
+        raise UserError(f"{wpath} has {size} bytes where {CONFIG} says {weights.get('bytes')} (truncated?); {fix}")
+    if weights.get("sha256") and sha256_file(wpath) != weights["sha256"]:
+        raise UserError(f"{wpath} does not match the sha256 in {CONFIG} (corrupt); {fix}")
+    try:
+        state = load_file(wpath)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{wpath} is not a readable safetensors file ({str(e)[:160]}); {fix}") from None
+    spm = export_dir / (meta["tokenizer"].get("file") or SPM)
+    if not spm.is_file():
+        raise UserError(f"{spm} is missing: the export needs the vocabulary it was trained with; copy the run's "
+                        f"spm.model there (sha256 {str(meta['tokenizer'].get('sha256'))[:12]}…) or {fix}")
+    tok = Tokenizer(spm)
+    want = meta["tokenizer"].get("sha256")
+    if want and tok.sha256 != want:
+        raise UserError(f"{spm} is not the vocabulary this model was trained with (sha256 {tok.sha256[:12]}… where "
+                        f"{CONFIG} records {want[:12]}…); copy the run's spm.model there or {fix}")
+    vocab = meta.get("vocab_size")
+    if vocab is not None and vocab != tok.vocab_size:
+        raise UserError(f"{spm} has {tok.vocab_size} pieces where {CONFIG} says {vocab}; {fix}")
+    src = meta.get("source") or {}
+    info = {"step": src.get("step"), "directions": meta.get("directions"), "world_size": src.get("world_size"),
+            "best_step": src.get("best_step"), "tokenizer_sha256": want or tok.sha256, "source": src}
+    return InferenceCheckpoint(given, "export", meta["model"], state, tok, meta.get("eval") or {}, info)
 
 
 class Translator:
@@ -54,22 +236,14 @@ class Translator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Translator":
-        path = Path(path)
-        state = load_checkpoint(path)
-        cfg = state.get("config", {})
-        model_cfg = _dataclass_from(ModelConfig, cfg.get("model", {}))
-        tok = find_tokenizer(path, state)
-        model = build_model(model_cfg, tok.vocab_size)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise UserError(f"checkpoint {path} does not match its own model config "
-                            f"({str(e).splitlines()[0][:200]})") from None
+        """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`)."""
         if device == "cuda" and not torch.cuda.is_available():
             raise UserError("device=cuda but no CUDA device is visible; use device=cpu or auto")
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
-        return cls(model.to(dev), tok, _dataclass_from(EvalConfig, cfg.get("eval", {})), dev)
+        ckpt = load_inference_checkpoint(path)
+        model = ckpt.build_model()
+        return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev)
 
     def translate(
         self,

@@ -1,6 +1,8 @@
 """``python -m nmt.translate ckpt=PATH src_lang=eng_Latn tgt_lang=fra_Latn < in.txt > out.txt``
 
 Exactly one output line per input line (an empty input line gives an empty output line).
+``ckpt`` is a training checkpoint (``<run>/checkpoints/best.pt`` or ``best.dcp/``) or an export
+directory written by ``python -m nmt.export`` (see docs/export.md).
 Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) instead of stdout,
 ``beam``, ``lenpen``, ``batch_size``, ``device``.
 """

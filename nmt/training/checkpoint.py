@@ -10,31 +10,22 @@ file against its manifest, so a truncated or bit-flipped checkpoint is detected 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nmt.errors import UserError
+from nmt.fileio import sha256_file
 
 FORMAT = 1
 
 
 def manifest_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(path.suffix)] + ".json" if path.suffix else path.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_atomically(path: Path, write) -> None:  # noqa: ANN001
@@ -61,7 +52,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise UserError(f"cannot create the checkpoint directory {path.parent}: {e.strerror or e}") from None
     _write_atomically(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     manifest = {"file": path.name, "step": int(state.get("step", 0)), "bytes": path.stat().st_size,
-                "sha256": _sha256(path)}
+                "sha256": sha256_file(path)}
     _write_atomically(manifest_path(path), lambda f: f.write(json.dumps(manifest, indent=1).encode() + b"\n"))
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -84,7 +75,7 @@ def verify_checkpoint(path: Path) -> str | None:
         return f"its manifest {mpath.name} is unreadable"
     if path.stat().st_size != manifest.get("bytes"):
         return f"{path.stat().st_size} bytes where its manifest says {manifest.get('bytes')} (truncated?)"
-    if _sha256(path) != manifest.get("sha256"):
+    if sha256_file(path) != manifest.get("sha256"):
         return "its sha256 does not match its manifest (corrupt)"
     return None
 
@@ -112,8 +103,10 @@ def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] 
     return None, None, warnings
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; a bad file raises a UserError."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    require_model: bool = True) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`; a bad file raises a UserError.
+    ``require_model=False``: the file may hold no ``model`` (``extra.pt`` of a sharded checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a .pt file under a run's checkpoints/")
@@ -126,9 +119,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as e:
         raise UserError(f"checkpoint {path} was refused: it holds objects that would run code when "
                         f"loaded ({str(e).splitlines()[0][:200]}); only load checkpoints written by nmt") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0][:200]}); "
+    except Exception as e:  # noqa: BLE001 - torch.load on an arbitrary file raises nearly anything (KeyError, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first}); "
                         f"use another checkpoint (e.g. checkpoints/best.pt or an earlier step_N.pt)") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+    if not isinstance(state, dict) or state.get("format") != FORMAT or (require_model and "model" not in state):
         raise UserError(f"checkpoint {path} is not an nmt checkpoint (format {FORMAT} expected)")
     return state

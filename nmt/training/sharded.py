@@ -31,7 +31,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from nmt.errors import UserError
-from nmt.training.checkpoint import _sha256, load_checkpoint, save_checkpoint
+from nmt.fileio import sha256_file
+from nmt.training.checkpoint import load_checkpoint, save_checkpoint
 from nmt.training.parallel import expert_parameters, unwrap
 
 SUFFIX = ".dcp"
@@ -122,7 +123,7 @@ def save_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if _main():
         save_checkpoint(extra, tmp / EXTRA)
         manifest = {"format": 1, "step": int(extra.get("step", 0)), "world_size": _world(),
-                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}}
+                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(tmp)}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -152,7 +153,7 @@ def verify_sharded(path: Path) -> str | None:
             return f"{name} is missing"
         if f.stat().st_size != meta.get("bytes"):
             return f"{name} has {f.stat().st_size} bytes where the manifest says {meta.get('bytes')} (truncated?)"
-        if _sha256(f) != meta.get("sha256"):
+        if sha256_file(f) != meta.get("sha256"):
             return f"the sha256 of {name} does not match the manifest (corrupt)"
     return None
 
@@ -169,7 +170,7 @@ def read_extra(path: Path) -> dict[str, Any]:
     problem = verify_sharded(path)
     if problem is not None:
         raise UserError(f"sharded checkpoint {path} is unusable: {problem}; use another checkpoint")
-    return load_checkpoint(Path(path) / EXTRA)
+    return load_checkpoint(Path(path) / EXTRA, require_model=False)
 
 
 def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:

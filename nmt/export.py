@@ -1,0 +1,162 @@
+"""``python -m nmt.export CKPT OUT_DIR [--overwrite]``: a training checkpoint → an inference export.
+
+CKPT is a single-file checkpoint (``<run>/checkpoints/best.pt``) or a sharded one
+(``<run>/checkpoints/best.dcp/``, written at any world size). OUT_DIR receives:
+
+- ``model.safetensors``: the full model (every tensor contiguous, MoE experts as whole
+  ``[E, ...]`` tensors; no optimizer state, no training state);
+- ``config.json``: the model config that rebuilds the architecture, the run's decoding
+  defaults, the directions and languages it trained, the tokenizer's sha256, the weights'
+  bytes and sha256, the source checkpoint (path, kind, step) and the nmt/export versions;
+- ``spm.model``: the run's SentencePiece model (checked against the checkpoint's sha256).
+
+The directory appears complete or not at all (written beside it, then renamed); an existing
+OUT_DIR is replaced only with ``--overwrite`` and only when it is an earlier export (or empty).
+``nmt.evaluate ckpt=OUT_DIR`` and ``nmt.translate ckpt=OUT_DIR`` load it. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from nmt import __version__
+from nmt.errors import UserError, exit_on_user_error
+from nmt.fileio import atomic_dir, sha256_file
+
+USAGE = "python -m nmt.export CKPT OUT_DIR [--overwrite]"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one "error:" line and exit code 2, like every other entry point
+        raise UserError(f"{message}; usage: {USAGE}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m nmt.export", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt", metavar="CKPT", help="a .pt checkpoint or a .dcp checkpoint directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the export directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT_DIR")
+    return p
+
+
+def check_out_dir(out: Path, src: Path, overwrite: bool) -> None:
+    """Refuse an OUT_DIR that holds anything but an earlier export (or anything without --overwrite)."""
+    from nmt.inference import CONFIG, EXPORT_FORMAT
+
+    src_abs, out_abs = src.resolve(), out.resolve()
+    if out_abs == src_abs or out_abs in src_abs.parents:
+        raise UserError(f"OUT_DIR {out} holds the checkpoint {src} itself; choose another output directory")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"OUT_DIR {out} is a file; give a directory path (it is created)")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"OUT_DIR {out} already exists; pass --overwrite to replace it, or choose another directory")
+    try:
+        is_export = json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_export = False
+    if not is_export:
+        raise UserError(f"OUT_DIR {out} is not an earlier nmt export (no {CONFIG} of format {EXPORT_FORMAT}); "
+                        f"--overwrite replaces only an export: choose another (or an empty) directory")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Write the export of ``ckpt`` to ``out_dir``; returns its config.json object."""
+    import torch
+    from safetensors.torch import save_file
+
+    from nmt.inference import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS, checkpoint_kind,
+                               load_inference_checkpoint)
+
+    src, out = Path(ckpt), Path(out_dir)
+    check_out_dir(out, src, overwrite)  # before the (possibly long) load
+    kind, _ = checkpoint_kind(src)
+    print(f"loading {src} ({kind})", flush=True)
+    ck = load_inference_checkpoint(src)
+    model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
+    state: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:  # safetensors refuses tensors sharing memory: give a tied copy its own storage
+            t = t.clone()
+        seen.add(key)
+        state[name] = t
+    del model
+    n_params = sum(t.numel() for t in state.values())
+    directions = list(ck.info.get("directions") or [])
+    model_cfg = ck.model_config
+    config = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "nmt_version": __version__,
+        "torch_version": torch.__version__,
+        "model": model_cfg,
+        "vocab_size": ck.tokenizer.vocab_size,
+        "eval": ck.eval_config,
+        "directions": directions,
+        "languages": sorted({code for d in directions for code in str(d).split("-")}),
+        "tokenizer": {"file": SPM, "sha256": ck.info["tokenizer_sha256"]},
+        "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": n_params,
+                    "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},
+        "source": {"checkpoint": str(src.resolve()), "kind": ck.kind, "step": ck.info.get("step"),
+                   "best_step": ck.info.get("best_step"), "world_size": ck.info.get("world_size")},
+    }
+    if ck.kind == "export":  # re-export: keep the original provenance
+        config["source"] = {**(ck.info.get("source") or {}), "exported_from": str(src.resolve())}
+    try:
+        with atomic_dir(out, overwrite=True) as tmp:  # check_out_dir decided what may be replaced
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": EXPORT_FORMAT,
+                                                           "format_version": str(EXPORT_VERSION)})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it 0600; the others follow the umask
+            config["weights"]["bytes"] = (tmp / WEIGHTS).stat().st_size
+            config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
+            shutil.copyfile(ck.tokenizer.path, tmp / SPM)
+            if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
+                raise UserError(f"{ck.tokenizer.path} changed while it was being copied (sha256 differs from "
+                                f"the checkpoint's); restore the run's spm.model and export again")
+            (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            for f in (WEIGHTS, SPM, CONFIG):
+                with open(tmp / f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except OSError as e:
+        raise UserError(f"cannot write the export {out}: {e.strerror or e}; free disk space or choose another "
+                        f"OUT_DIR (nothing was written there)") from None
+    except TypeError as e:  # a config value JSON cannot hold
+        raise UserError(f"checkpoint {src} holds a config that cannot be written as JSON ({e})") from None
+    total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
+    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
+          f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
+    print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
+          f"src_lang=... tgt_lang=...", flush=True)
+    return config
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    export(args.ckpt, args.out_dir, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    main()
