@@ -100,11 +100,17 @@ class EvalConfig:
 
 
 def default_out_dir(cfg: EvalConfig) -> Path:
-    """``<dir of ckpt>/../eval/<split>`` for a checkpoint, ``<hyp_dir>/eval`` for hyp_dir."""
+    """``<run>/eval/<split>`` for a run's checkpoint (``<run>/checkpoints/x.pt`` or ``x.dcp``),
+    ``<export>/eval/<split>`` for an export directory, ``<hyp_dir>/eval`` for hyp_dir."""
     if cfg.out_dir:
         return Path(cfg.out_dir)
     if cfg.ckpt:
-        return Path(os.path.normpath(Path(cfg.ckpt).absolute().parent / ".." / "eval" / cfg.split))
+        ckpt = Path(cfg.ckpt).absolute()
+        if ckpt.is_dir() and ckpt.suffix != ".dcp":  # an export
+            return ckpt / "eval" / cfg.split
+        if ckpt.name == "model.safetensors":
+            return ckpt.parent / "eval" / cfg.split
+        return Path(os.path.normpath(ckpt.parent / ".." / "eval" / cfg.split))
     return Path(cfg.hyp_dir) / "eval"
 
 

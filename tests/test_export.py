@@ -228,3 +228,16 @@ def test_a_damaged_export_is_refused_clearly(smoke_run, other_spm, tmp_path, cap
     proc = run_module("nmt.translate", f"ckpt={tmp_path / 'flipped'}", "src_lang=eng_Latn", "tgt_lang=fra_Latn",
                       f"input={tmp_path / 'good' / 'config.json'}", check=False)
     assert proc.returncode == 2 and "model.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_writes_next_to_the_checkpoint_it_was_given(tmp_path):
+    from nmt.evaluate import EvalConfig, default_out_dir
+
+    export = tmp_path / "exports" / "x"
+    export.mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.dcp").mkdir(parents=True)
+    assert default_out_dir(EvalConfig(ckpt=str(export))) == export / "eval" / "devtest"
+    assert default_out_dir(EvalConfig(ckpt=str(export / "model.safetensors"))) == export / "eval" / "devtest"
+    for name in ("best.pt", "best.dcp"):
+        got = default_out_dir(EvalConfig(ckpt=str(tmp_path / "run" / "checkpoints" / name), split="dev"))
+        assert got == tmp_path / "run" / "eval" / "dev"
