@@ -67,10 +67,13 @@ def test_two_ranks_equal_one_process_accumulating_the_same_batches(prepared_corp
     assert losses(single) == pytest.approx(losses(ddp), rel=1e-5)
 
 
-def test_fsdp_follows_ddp(prepared_corpus, tmp_path):
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_fsdp_follows_ddp(prepared_corpus, tmp_path, kind):
+    """FSDP2 shards the dense parameters; MoE experts stay expert-parallel outside FSDP."""
+    extra = MOE if kind == "moe" else []
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    torchrun(prepared_corpus, ddp, *COMMON)
-    torchrun(prepared_corpus, fsdp, *COMMON, "trainer.parallel=fsdp")
+    torchrun(prepared_corpus, ddp, *COMMON, *extra)
+    torchrun(prepared_corpus, fsdp, *COMMON, *extra, "trainer.parallel=fsdp")
     assert losses(ddp) == pytest.approx(losses(fsdp), rel=1e-5)
     assert_close(weights(ddp), weights(fsdp))
 

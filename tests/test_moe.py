@@ -298,3 +298,27 @@ def test_no_tokens_gives_an_empty_output_and_no_nan():
     aux: dict[str, torch.Tensor] = {}
     y = layer.forward_tokens(torch.zeros(0, 8), aux)
     assert y.shape == (0, 8) and "loss/moe_balance" not in aux
+
+
+def test_aux_loss_attached_to_the_output_gives_the_same_gradients() -> None:
+    """FSDP2 mode (attach_aux): the balance/z losses' gradient travels with the layer output,
+    scaled by AuxLossThroughOutput.scale; equal to adding scale × loss to the objective."""
+    from nmt.models.moe import AuxLossThroughOutput
+
+    x = torch.randn(30, 8, requires_grad=True)
+    plain, attached = make_layer(z_loss_weight=0.01), make_layer(z_loss_weight=0.01)
+    attached.attach_aux = True
+    aux_p, aux_a = {}, {}
+    y_p, y_a = plain.forward_tokens(x, aux_p), attached.forward_tokens(x, aux_a)
+    assert torch.equal(y_p, y_a)
+    extra = 7.0 * (aux_p["loss/moe_balance"] + aux_p["loss/moe_z"])
+    expected = grads(plain, x, y_p, extra)
+    assert not aux_a["loss/moe_balance"].requires_grad  # logged only
+    assert torch.allclose(aux_a["loss/moe_balance"], aux_p["loss/moe_balance"])
+    AuxLossThroughOutput.scale = 7.0
+    try:
+        got = grads(attached, x, y_a)
+    finally:
+        AuxLossThroughOutput.scale = 1.0
+    for a, b in zip(expected, got):
+        assert torch.allclose(a, b, atol=1e-12)

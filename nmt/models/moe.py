@@ -129,6 +129,38 @@ def route(logits: Tensor, cfg: MoEConfig, cap: int | None) -> Routing:
                    dropped=(1.0 - keep_sorted.float().mean()).detach() if n else probs.new_zeros(()))
 
 
+class AuxLossThroughOutput(torch.autograd.Function):
+    """``forward(out, loss) = out``; backward also gives ``loss`` the gradient ``scale``.
+
+    Used when a layer's auxiliary loss must start its backward together with the layer's output
+    (FSDP2 gathers a layer's parameters for backward when its output's gradient arrives; a loss
+    that leaves the layer on the side would run its backward outside that window and its
+    gradient would be lost). ``scale`` is d(objective)/d(aux loss), set by the trainer before
+    each backward (the number of target tokens: aux losses are per-token means)."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, out: Tensor, loss: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.loss_shape, ctx.loss_dtype = loss.shape, loss.dtype
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return grad, torch.full(ctx.loss_shape, AuxLossThroughOutput.scale, dtype=ctx.loss_dtype, device=grad.device)
+
+
+def add_aux_loss(module: nn.Module, aux: dict, key: str, term: Tensor, out: Tensor) -> Tensor:
+    """Record ``term`` under ``aux[key]`` (summed over layers) and return ``out``: the trainer adds
+    ``aux`` losses to its objective, unless the module has ``attach_aux`` (FSDP2), where the
+    value is only logged and the gradient travels with ``out``."""
+    if getattr(module, "attach_aux", False):
+        aux[key] = aux.get(key, 0.0) + term.detach()
+        return AuxLossThroughOutput.apply(out, term)
+    aux[key] = aux.get(key, 0.0) + term
+    return out
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity whose backward multiplies the gradient by a constant."""
 
@@ -372,14 +404,14 @@ class MoELayer(nn.Module):
         weight = gate if scale == 1.0 else gate * scale
         out = torch.zeros(x.shape, dtype=torch.promote_types(h.dtype, weight.dtype), device=x.device)
         out.index_add_(0, token, h * weight[:, None].to(out.dtype))
+        out = add_aux_loss(self, aux, "loss/moe_balance", cfg.balance_loss_weight * r.balance, out)
+        if cfg.z_loss_weight > 0:
+            out = add_aux_loss(self, aux, "loss/moe_z", cfg.z_loss_weight * r.z, out)
         self._report(aux, r)
         return out.to(x.dtype)
 
     def _report(self, aux: dict[str, Tensor], r: Routing) -> None:
         cfg, name = self.cfg, self.name
-        aux["loss/moe_balance"] = aux.get("loss/moe_balance", 0.0) + cfg.balance_loss_weight * r.balance
-        if cfg.z_loss_weight > 0:
-            aux["loss/moe_z"] = aux.get("loss/moe_z", 0.0) + cfg.z_loss_weight * r.z
         aux[f"moe/{name}/balance"] = r.balance.detach()
         aux[f"moe/{name}/z"] = r.z.detach()
         aux[f"moe/{name}/dropped"] = r.dropped
@@ -412,8 +444,8 @@ class CMRLayer(nn.Module):
         else:
             n = torch.tensor(g.numel(), device=g.device)
         share = g.sum() / n
-        ctx.aux["loss/cmr_budget"] = (ctx.aux.get("loss/cmr_budget", 0.0)
-                                      + self.cfg.cmr_loss_weight * (share - self.cfg.cmr_budget).abs())
         ctx.aux[f"cmr/{self.name}/share"] = share.detach()
         g = g[..., None].to(x.dtype)
-        return (1 - g) * self.dense(x, ctx) + g * self.moe(x, ctx)
+        out = (1 - g) * self.dense(x, ctx) + g * self.moe(x, ctx)
+        budget = self.cfg.cmr_loss_weight * (share - self.cfg.cmr_budget).abs()
+        return add_aux_loss(self, ctx.aux, "loss/cmr_budget", budget, out)

@@ -124,7 +124,7 @@ def detect(environ: Mapping[str, str] = os.environ) -> DistEnv:
 def init(env: DistEnv, device_type: str, timeout: timedelta = timedelta(minutes=30)) -> None:
     """Join the process group of ``env`` (nothing to do for one process): NCCL for
     ``device_type="cuda"`` (each rank on GPU ``local_rank``), gloo otherwise."""
-    if env.world_size == 1:
+    if env.world_size == 1 or dist.is_initialized():  # already joined (e.g. a benchmark running several trainers)
         return
     os.environ["MASTER_ADDR"] = env.master_addr
     os.environ["MASTER_PORT"] = str(env.master_port)

@@ -35,7 +35,12 @@ def scheduled_lr(step: int, cfg: OptimConfig, max_steps: int) -> float:
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (= Adam when weight_decay is 0, NLLB's setting) over trainable parameters only."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # FSDP2 parameters are DTensors, expert-parallel ones plain tensors: one group each, because a
+    # fused/foreach step cannot mix the two (each group is stepped on its own).
+    sharded = [p for p in params if hasattr(p, "to_local")]
+    groups = [{"params": g} for g in (sharded, [p for p in params if not hasattr(p, "to_local")]) if g]
     kwargs = dict(lr=cfg.warmup_init_lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    params = groups if len(groups) > 1 else params
     try:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused kernels unavailable for this device/dtype

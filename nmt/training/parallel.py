@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nmt.models.moe import Experts
+from nmt.models.moe import CMRLayer, Experts, MoELayer
 
 
 def expert_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -46,6 +46,9 @@ def wrap(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     ignored = set(experts.values())
+    for mod in model.modules():  # MoE/CMR auxiliary losses: their gradient travels with the layer output
+        if isinstance(mod, (MoELayer, CMRLayer)):
+            mod.attach_aux = True
     for stack in (model.encoder_layers, model.decoder_layers):
         for layer in stack:
             fully_shard(layer, mesh=mesh, ignored_params=ignored & set(layer.parameters()))

@@ -26,6 +26,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.langs import parse_direction
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
+from nmt.models.moe import AuxLossThroughOutput
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import load_checkpoint, manifest_path, save_checkpoint
@@ -56,6 +57,9 @@ class Trainer:
         self.main = self.rank == 0
         if self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.world > 1 and t.parallel == "fsdp" and cfg.model.moe.experts and cfg.model.moe.impl == "fairscale":
+            raise UserError("config key model.moe.impl=fairscale is a single-process reference backend; with "
+                            "trainer.parallel=fsdp use model.moe.impl=native")
         self.sharded = t.checkpoint_format == "dcp" or (t.checkpoint_format == "auto" and self.world > 1)
         if self.world > 1 and t.checkpoint_format == "pt":
             raise UserError(f"config key trainer.checkpoint_format=pt with {self.world} ranks: several ranks write "
@@ -347,12 +351,17 @@ class Trainer:
             batch = next(self.loader)
             with sync_gradients(self.wrapped, i == n_micro - 1):  # one all-reduce per update
                 loss, out, aux = self._forward(batch, len(self.directions))
+                attached = 0.0  # aux losses whose gradient travels with the layer outputs (FSDP2)
                 for key, value in aux.items():
                     if key.startswith("loss/"):
-                        loss = loss + value * out.ntokens  # aux losses are per-token means
+                        if torch.is_tensor(value) and value.requires_grad:
+                            loss = loss + value * out.ntokens  # aux losses are per-token means
+                        else:
+                            attached += float(value) * out.ntokens
+                AuxLossThroughOutput.scale = float(out.ntokens)
                 loss.backward()
             aux_meter.add(aux)
-            objective += float(loss.detach())
+            objective += float(loss.detach()) + attached
             total_tokens += out.ntokens
             loss_sum += float(out.loss.detach())
             nll_sum += float(out.nll)
