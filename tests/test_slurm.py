@@ -114,13 +114,16 @@ def model_weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
-def test_smoke_training_through_the_slurm_launcher(prepared_corpus, tmp_path, job_name):
+def test_smoke_sweep_through_the_slurm_launcher_is_a_job_array(prepared_corpus, tmp_path, job_name):
     sweep = tmp_path / "sweep"
-    out = finish(submit(prepared_corpus, sweep, job_name), sweep)
-    run = sweep / "0"
-    assert (run / "checkpoints" / "last.pt").exists(), out[-2000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["step"] == 60
+    out = finish(submit(prepared_corpus, sweep, job_name, "optim.lr=3e-3,1e-3", "trainer.max_steps=30"), sweep)
+    for n in ("0", "1"):
+        run = sweep / n
+        assert (run / "checkpoints" / "last.pt").exists(), out[-2000:]
+        assert json.loads((run / "summary.json").read_text())["step"] == 30
+    tasks = sorted(p.name for p in sweep.glob("slurm/*_*") if p.is_dir())
+    assert len(tasks) == 2 and tasks[0].split("_")[0] == tasks[1].split("_")[0], tasks  # <array id>_<index>
+    assert {t.split("_")[1] for t in tasks} == {"0", "1"}
     assert list(sweep.glob("slurm/*/*_submission.sh")), "no sbatch script under <sweep>/slurm"
 
 
