@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,24 +81,30 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def latest_good_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
-    """The newest checkpoint in ``ckpt_dir`` that verifies and loads (``last.pt`` first, then the
-    others by step, newest first), its loaded state, and a warning for each newer one that did not."""
+SHARDED_MANIFEST = "nmt_manifest.json"  # inside a sharded <name>.dcp/ directory (nmt/training/sharded.py)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint (``.pt`` file or ``.dcp`` directory) was written at, from its manifest."""
+    manifest = path / SHARDED_MANIFEST if path.is_dir() else manifest_path(path)
+    try:
+        return int(json.loads(manifest.read_text()).get("step", -1))
+    except (OSError, ValueError):
+        return int(path.stem.split("_")[1]) if path.stem.startswith("step_") else -1
+
+
+def latest_good_checkpoint(ckpt_dir: Path, load: Callable[[Path], dict[str, Any]] | None = None,
+                           ) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint in ``ckpt_dir`` that verifies and loads (``last`` first, then the
+    others by step, newest first; ``.pt`` files and sharded ``.dcp`` directories), what ``load``
+    returned for it (default :func:`load_checkpoint`), and a warning for each newer one that did not."""
     ckpt_dir = Path(ckpt_dir)
-
-    def step_of(p: Path) -> int:
-        try:
-            return int(json.loads(manifest_path(p).read_text()).get("step", -1))
-        except (OSError, ValueError):
-            return int(p.stem.split("_")[1]) if p.stem.startswith("step_") else -1
-
-    others = sorted((p for p in ckpt_dir.glob("*.pt") if p.name != "last.pt"), key=step_of, reverse=True)
+    load = load or load_checkpoint
+    found = sorted((p for p in ckpt_dir.glob("*") if p.suffix in (".pt", ".dcp")), key=checkpoint_step, reverse=True)
     warnings: list[str] = []
-    for cand in [ckpt_dir / "last.pt", *others]:
-        if not cand.is_file():
-            continue
-        try:  # load_checkpoint checks the manifest first: each file is hashed once
-            return cand, load_checkpoint(cand), warnings
+    for cand in [p for p in found if p.stem == "last"] + [p for p in found if p.stem != "last"]:
+        try:  # load checks the manifest first: each file is hashed once
+            return cand, load(cand), warnings
         except UserError as e:
             warnings.append(f"checkpoint {cand} is unusable ({e})")
     return None, None, warnings

@@ -32,11 +32,11 @@ from torch import nn
 
 from nmt.errors import UserError
 from nmt.fileio import sha256_file
+from nmt.training.checkpoint import SHARDED_MANIFEST as MANIFEST
 from nmt.training.checkpoint import load_checkpoint, save_checkpoint
 from nmt.training.parallel import expert_parameters, unwrap
 
 SUFFIX = ".dcp"
-MANIFEST = "nmt_manifest.json"
 EXTRA = "extra.pt"
 
 
@@ -156,13 +156,6 @@ def verify_sharded(path: Path) -> str | None:
         if sha256_file(f) != meta.get("sha256"):
             return f"the sha256 of {name} does not match the manifest (corrupt)"
     return None
-
-
-def sharded_step(path: Path) -> int:
-    try:
-        return int(json.loads((Path(path) / MANIFEST).read_text()).get("step", -1))
-    except (OSError, ValueError):
-        return -1
 
 
 def read_extra(path: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.moe import AuxLossThroughOutput
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
-from nmt.training.checkpoint import load_checkpoint, manifest_path, save_checkpoint
+from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll
 from nmt.training.precision import choose_precision
@@ -37,7 +37,7 @@ from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
 from nmt.training import distributed, preemption
 from nmt.training.parallel import all_sum, clip_grad_norm, sync_gradients, wrap
-from nmt.training.sharded import is_sharded, load_sharded, read_extra, save_sharded, sharded_step
+from nmt.training.sharded import is_sharded, load_sharded, read_extra, save_sharded
 
 
 class Trainer:
@@ -251,38 +251,20 @@ class Trainer:
                 old.unlink()
                 manifest_path(old).unlink(missing_ok=True)
 
-    def _candidates(self) -> list[Path]:
-        """Checkpoints of the run dir, newest first: ``last`` first, then the others by step."""
-        ckpt_dir = self.run_dir / "checkpoints"
-        if not ckpt_dir.is_dir():
-            return []
-        found = [p for p in ckpt_dir.iterdir() if p.suffix in (".pt", ".dcp")]
-
-        def step_of(p: Path) -> int:
-            if is_sharded(p):
-                return sharded_step(p)
-            try:
-                return int(json.loads(manifest_path(p).read_text()).get("step", -1))
-            except (OSError, ValueError):
-                return int(p.stem.split("_")[1]) if p.stem.startswith("step_") else -1
-
-        return sorted(found, key=lambda p: (p.stem == "last", step_of(p)), reverse=True)
+    def _read_candidate(self, path: Path) -> dict[str, Any]:
+        """A checkpoint's state (its non-tensor part for a sharded one), if this run can resume from it."""
+        if is_sharded(path):
+            return read_extra(path)
+        state = load_checkpoint(path)
+        if self.world > 1 and (self.cfg.model.moe.experts or self.cfg.trainer.parallel == "fsdp"):
+            raise UserError("a single-file checkpoint resumes on several ranks only with a dense model and "
+                            "trainer.parallel=ddp; convert it by resuming it in one process with "
+                            "trainer.checkpoint_format=dcp for a step")
+        return state
 
     def _resume(self) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
-        chosen, state, problems = None, None, []
-        for cand in self._candidates():
-            try:  # each candidate is checked against its manifest once
-                state = read_extra(cand) if is_sharded(cand) else load_checkpoint(cand)
-                if not is_sharded(cand) and self.world > 1 and (self.cfg.model.moe.experts or
-                                                                 self.cfg.trainer.parallel == "fsdp"):
-                    raise UserError("a single-file checkpoint resumes on several ranks only with a dense model and "
-                                    "trainer.parallel=ddp; convert it by resuming it in one process with "
-                                    "trainer.checkpoint_format=dcp for a step")
-                chosen = cand
-                break
-            except UserError as e:
-                problems.append(f"checkpoint {cand} is unusable ({e})")
+        chosen, state, problems = latest_good_checkpoint(ckpt_dir, self._read_candidate)
         for problem in problems:
             self._say(f"WARNING: {problem}")
         if chosen is None:
