@@ -77,28 +77,24 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+def clip_grad_norm(model: nn.Module, max_norm: float, experts: set[int] | None = None) -> float:
     """Global L2 norm of all gradients (replicated ones counted once, shards summed over ranks),
     and gradients scaled so that it is at most ``max_norm`` (``inf``: no clipping)."""
-    experts = {id(p) for p in expert_parameters(unwrap(model)).values()}
-    replicated = torch.zeros((), dtype=torch.float64)
-    sharded = torch.zeros((), dtype=torch.float64)
-    grads = []
+    if experts is None:  # ids of the expert-parallel parameters (the trainer passes them, computed once)
+        experts = {id(p) for p in expert_parameters(unwrap(model)).values()}
+    grads, replicated, sharded = [], [], []
     for p in model.parameters():
         if p.grad is None:
             continue
         g = _local(p.grad)
         grads.append(g)
-        sq = g.detach().double().pow(2).sum().cpu()
-        if id(p) in experts or hasattr(p.grad, "to_local"):
-            sharded += sq
-        else:
-            replicated += sq
+        sq = g.detach().double().pow(2).sum()  # stays on the device: one transfer at the end
+        (sharded if id(p) in experts or hasattr(p.grad, "to_local") else replicated).append(sq)
+    device = grads[0].device if grads else torch.device("cpu")
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    replicated, sharded = sum(replicated, zero), sum(sharded, zero)
     if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            sharded = sharded.cuda()
-        dist.all_reduce(sharded)
-        sharded = sharded.cpu()
+        dist.all_reduce(sharded)  # on the grads' device (CUDA with NCCL, CPU with gloo)
     norm = math.sqrt(float(replicated + sharded))
     if math.isfinite(norm) and norm > max_norm:
         coef = max_norm / (norm + 1e-6)

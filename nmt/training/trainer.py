@@ -36,7 +36,7 @@ from nmt.training.precision import choose_precision
 from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
 from nmt.training import distributed, preemption
-from nmt.training.parallel import all_sum, clip_grad_norm, sync_gradients, wrap
+from nmt.training.parallel import all_sum, clip_grad_norm, expert_parameters, sync_gradients, wrap
 from nmt.training.sharded import is_sharded, load_sharded, read_extra, save_sharded
 
 
@@ -114,6 +114,7 @@ class Trainer:
         if self.main:
             print(parameter_report(self.model), flush=True)
         self.wrapped = wrap(self.model, t.parallel, self.device) if self.world > 1 else self.model
+        self.expert_ids = {id(p) for p in expert_parameters(self.model).values()}  # for the global gradient norm
         self.optimizer = build_optimizer(self.wrapped, cfg.optim)
         if self.rank > 0:  # dropout differs by rank; rank 0 keeps the stream of a single process
             torch.manual_seed(t.seed + 1_000_003 * self.rank)
@@ -361,7 +362,8 @@ class Trainer:
         for p in self.wrapped.parameters():
             if p.grad is not None:
                 p.grad.mul_(scale)
-        gnorm = clip_grad_norm(self.wrapped, self.cfg.optim.clip_norm if self.cfg.optim.clip_norm > 0 else float("inf"))
+        gnorm = clip_grad_norm(self.wrapped, self.cfg.optim.clip_norm if self.cfg.optim.clip_norm > 0 else float("inf"),
+                               self.expert_ids)
         lr = scheduled_lr(self.step + 1, self.cfg.optim, self.cfg.trainer.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -456,10 +458,13 @@ class Trainer:
                 self._accumulate(acc, stats)
                 bar.update(1)
                 final = self.step == t.max_steps
-                if distributed.any_rank(time.monotonic() >= deadline) and not final:
+                # Stop conditions that must hold on every rank at once: one small all-reduce per step.
+                out_of_time, signalled = all_sum(torch.tensor(
+                    [float(time.monotonic() >= deadline), float(preemption.requested() is not None)])).tolist()
+                if out_of_time and not final:
                     final, stop_reason = True, "max_time_minutes"
                     self._say(f"trainer.max_time_minutes={t.max_time_minutes} reached at step {self.step}: stopping")
-                if distributed.any_rank(preemption.requested() is not None):
+                if signalled:
                     self._say(f"{preemption.requested() or 'a signal'} received: saving at step {self.step}, then stopping")
                     self._save(["last"])
                     stop_reason = "preempted"
