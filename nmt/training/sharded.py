@@ -166,12 +166,9 @@ def read_extra(path: Path) -> dict[str, Any]:
     return load_checkpoint(Path(path) / EXTRA, require_model=False)
 
 
-def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    """Fill ``model`` (and ``optimizer``) from ``path`` in place, at any world size; collective."""
-    opt = optimizer if optimizer is not None else torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
-    state = tensor_state(model, opt, create=True)
-    if optimizer is None:
-        state = {k: v for k, v in state.items() if k.startswith("model.")}
+def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Fill ``model`` and ``optimizer`` from ``path`` in place, at any world size; collective."""
+    state = tensor_state(model, optimizer, create=True)
     try:
         dcp.load(state, checkpoint_id=str(path))
     except Exception as e:  # noqa: BLE001 - DCP raises CheckpointException / RuntimeError / KeyError
