@@ -72,13 +72,13 @@ class CMRLayer(nn.Module):
 
 def finish_global_budget(aux: dict, cfg: MoEConfig, aux_loss_scale: float = 1.0) -> None:
     """Replace the CMR layers' sums in ``aux`` by the one budget term ``loss/cmr_budget`` (and
-    the overall share ``cmr/share``); under FSDP2 also fill the gradient coefficient."""
+    the overall share ``cmr_share``); under FSDP2 also fill the gradient coefficient."""
     if USED not in aux:
         return
     used, total = aux.pop(USED), aux.pop(TOTAL).clamp(min=1)
     share = used / total
     term = cfg.cmr_loss_weight * (share - cfg.cmr_budget).abs()
-    aux["cmr/share"] = share.detach()
+    aux["cmr_share"] = share.detach()  # all CMR layers (not "cmr/...": those are per layer)
     coef = aux.pop(COEF, None)
     if coef is not None:  # d(scale·term)/d(used_l), the same for every layer
         coef.fill_(float(aux_loss_scale * cfg.cmr_loss_weight * torch.sign(share - cfg.cmr_budget) / total))
