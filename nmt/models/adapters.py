@@ -22,6 +22,7 @@ Both apply a bottleneck adapter to the output of every encoder and decoder layer
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,14 +61,25 @@ def _slots(table: Tensor, key_by: str, ctx: BatchContext) -> Tensor:
     return slots
 
 
+class AdapterParams(NamedTuple):
+    """One generated bottleneck adapter (for the batch's single direction), as :func:`bottleneck` takes it."""
+
+    w_down: Tensor  # [d_model, size]
+    b_down: Tensor  # [size]
+    w_up: Tensor  # [size, d_model]
+    b_up: Tensor  # [d_model]
+    ln_scale: Tensor | None  # [d_model]: the adapter LayerNorm's γ = 1 + γ̂ (None: not generated, γ = 1)
+    ln_shift: Tensor | None  # [d_model]: its β (None: not generated, β = 0)
+
+
 def bottleneck(x: Tensor, w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor,
-               ln_w: Tensor | None = None, ln_b: Tensor | None = None) -> Tensor:
+               ln_scale: Tensor | None = None, ln_shift: Tensor | None = None) -> Tensor:
     """``x + up(relu(down(LN(x))))`` with per-row parameters (leading dim B) or shared ones."""
     h = F.layer_norm(x, x.shape[-1:])
-    if ln_w is not None:
-        h = h * (ln_w if ln_w.dim() == 1 else ln_w[:, None, :])
-    if ln_b is not None:
-        h = h + (ln_b if ln_b.dim() == 1 else ln_b[:, None, :])
+    if ln_scale is not None:
+        h = h * (ln_scale if ln_scale.dim() == 1 else ln_scale[:, None, :])
+    if ln_shift is not None:
+        h = h + (ln_shift if ln_shift.dim() == 1 else ln_shift[:, None, :])
     if w_down.dim() == 2:
         return x + F.linear(F.relu(F.linear(h, w_down.t(), b_down)), w_up.t(), b_up)
     z = F.relu(torch.bmm(h, w_down) + b_down[:, None, :])
@@ -114,7 +126,8 @@ class GeneratedAdapter(nn.Module):
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         if ctx.generated is None:
             raise ValueError("hyper-adapter layer called without generated adapters")
-        return bottleneck(x, *ctx.generated[self.layer_id])
+        p: AdapterParams = ctx.generated[self.layer_id]
+        return bottleneck(x, p.w_down, p.b_down, p.w_up, p.b_up, p.ln_scale, p.ln_shift)
 
 
 class HyperNetwork(nn.Module):
@@ -142,7 +155,7 @@ class HyperNetwork(nn.Module):
             shapes.update({"ln_w": d_model, "ln_b": d_model})
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in shapes.items()})
 
-    def forward(self, src_lang: Tensor, tgt_lang: Tensor, layer_ids: list[int], side: str) -> dict[int, tuple]:
+    def forward(self, src_lang: Tensor, tgt_lang: Tensor, layer_ids: list[int], side: str) -> dict[int, AdapterParams]:
         """Adapters for ``layer_ids`` of ``side`` for the batch's (single) direction."""
         if src_lang is None or tgt_lang is None:
             raise ValueError("hyper-adapters need the batch's src_lang and tgt_lang")
@@ -162,8 +175,9 @@ class HyperNetwork(nn.Module):
         out = {name: head(h) * scale for name, head in self.heads.items()}
         gen = {}
         for j, lid in enumerate(layer_ids):
-            ln_w = 1.0 + out["ln_w"][j] if "ln_w" in out else None
-            ln_b = out["ln_b"][j] if "ln_b" in out else None
-            gen[lid] = (out["w_down"][j].view(self.d, self.size), out["b_down"][j],
-                        out["w_up"][j].view(self.size, self.d), out["b_up"][j], ln_w, ln_b)
+            gen[lid] = AdapterParams(
+                w_down=out["w_down"][j].view(self.d, self.size), b_down=out["b_down"][j],
+                w_up=out["w_up"][j].view(self.size, self.d), b_up=out["b_up"][j],
+                ln_scale=1.0 + out["ln_w"][j] if "ln_w" in out else None,
+                ln_shift=out["ln_b"][j] if "ln_b" in out else None)
         return gen
