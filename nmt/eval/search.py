@@ -3,7 +3,8 @@
 Decoder prefix is ``</s> __tgt__``; hypotheses are scored by the sum of token log-probabilities
 divided by ``length ** lenpen`` where ``length`` counts generated tokens including ``</s>``
 (fairseq's normalisation, except that the forced tag is neither counted nor scored: fairseq
-decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence stops once ``beam`` hypotheses have finished, or at
+decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence
+stops once ``beam`` hypotheses have finished, or at
 ``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced; finished
 sentences leave the batch (their rows of the encoder output and caches are dropped).
 """
@@ -44,7 +45,8 @@ def beam_search(
     def rep(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.repeat_interleave(k, 0)
 
-    memory, mask, src_lang_r, tgt_lang_r = rep(memory), rep(mask), rep(src_lang), rep(tgt_lang)
+    memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    src_lang_r, tgt_lang_r = rep(src_lang), rep(tgt_lang)
     cache = model.new_cache()
     prefix = torch.stack([torch.full_like(tgt_tags, eos), tgt_tags], dim=1).repeat_interleave(k, 0)
     logits = model.decode(prefix, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=0)[:, -1]

@@ -89,6 +89,8 @@ def bottleneck(x: Tensor, w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Te
 class LanguageAdapters(nn.Module):
     """One layer's adapters, one per key."""
 
+    table: Tensor  # buffer: Flores index (or index pair) -> adapter slot
+
     def __init__(self, d_model: int, size: int, keys: list[str], key_by: str, ln_affine: bool = True):
         super().__init__()
         if not keys:
@@ -107,13 +109,10 @@ class LanguageAdapters(nn.Module):
 
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         slots = _slots(self.table, self.key_by, ctx)
-        if bool((slots == slots[0]).all()):  # one direction: shared 2-D weights
-            s = int(slots[0])
-            pick = lambda p: None if p is None else p[s]  # noqa: E731
-        else:
-            pick = lambda p: None if p is None else p[slots]  # noqa: E731
-        return bottleneck(x, pick(self.w_down), pick(self.b_down), pick(self.w_up), pick(self.b_up),
-                          pick(self.ln_w), pick(self.ln_b))
+        # one direction: shared 2-D weights; several: per-row 3-D weights
+        at: int | Tensor = int(slots[0]) if bool((slots == slots[0]).all()) else slots
+        return bottleneck(x, self.w_down[at], self.b_down[at], self.w_up[at], self.b_up[at],
+                          None if self.ln_w is None else self.ln_w[at], None if self.ln_b is None else self.ln_b[at])
 
 
 class GeneratedAdapter(nn.Module):
@@ -130,7 +129,22 @@ class GeneratedAdapter(nn.Module):
         return bottleneck(x, p.w_down, p.b_down, p.w_up, p.b_up, p.ln_scale, p.ln_shift)
 
 
+class ResidualMLP(nn.Module):
+    """A pre-LN residual block of the hyper-network: ``h + fc2(relu(fc1(LN(h))))``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.fc2(F.relu(self.fc1(self.ln(h))))
+
+
 class HyperNetwork(nn.Module):
+    table: Tensor  # buffer: Flores index -> language embedding row
+
     def __init__(self, d_model: int, size: int, languages: list[str], n_layers: int, *, hidden: int = 128,
                  embed_dim: int = 64, blocks: int = 2, dropout: float = 0.0,
                  encoder_inputs: tuple[str, ...] = ("src", "tgt", "layer"),
@@ -147,15 +161,14 @@ class HyperNetwork(nn.Module):
         self.masks = {"encoder": [n in encoder_inputs for n in ("src", "tgt", "layer")],
                       "decoder": [n in decoder_inputs for n in ("src", "tgt", "layer")]}
         self.input = nn.Linear(3 * embed_dim, hidden)
-        self.blocks = nn.ModuleList(
-            nn.ModuleDict({"ln": nn.LayerNorm(hidden), "fc1": nn.Linear(hidden, hidden), "fc2": nn.Linear(hidden, hidden)})
-            for _ in range(blocks))
+        self.blocks = nn.ModuleList(ResidualMLP(hidden) for _ in range(blocks))
         shapes = {"w_down": d_model * size, "b_down": size, "w_up": size * d_model, "b_up": d_model}
         if generate_ln:
             shapes.update({"ln_w": d_model, "ln_b": d_model})
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in shapes.items()})
 
-    def forward(self, src_lang: Tensor, tgt_lang: Tensor, layer_ids: list[int], side: str) -> dict[int, AdapterParams]:
+    def forward(self, src_lang: Tensor | None, tgt_lang: Tensor | None, layer_ids: list[int],
+                side: str) -> dict[int, AdapterParams]:
         """Adapters for ``layer_ids`` of ``side`` for the batch's (single) direction."""
         if src_lang is None or tgt_lang is None:
             raise ValueError("hyper-adapters need the batch's src_lang and tgt_lang")
@@ -167,10 +180,11 @@ class HyperNetwork(nn.Module):
         n = len(layer_ids)
         ids = torch.tensor(layer_ids, device=src_lang.device)
         parts = [self.src_embed(s).expand(n, -1), self.tgt_embed(t).expand(n, -1), self.layer_embed(ids)]
-        z = torch.cat([p if on else torch.zeros_like(p) for p, on in zip(parts, self.masks[side])], dim=-1)
+        on = self.masks[side]
+        z = torch.cat([p if on[i] else torch.zeros_like(p) for i, p in enumerate(parts)], dim=-1)
         h = F.dropout(F.relu(self.input(z)), p=self.dropout, training=self.training)
-        for b in self.blocks:
-            h = h + b["fc2"](F.relu(b["fc1"](b["ln"](h))))
+        for block in self.blocks:
+            h = block(h)
         scale = 1.0 / math.sqrt(self.hidden) if self.rescale else 1.0
         out = {name: head(h) * scale for name, head in self.heads.items()}
         gen = {}

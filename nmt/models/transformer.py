@@ -96,6 +96,8 @@ class Transformer(nn.Module):
     ``adapter_factory(side, layer)`` its output adapter (or None); ``hypernet`` (a
     :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
 
+    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2, D]
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
                  adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
         super().__init__()
@@ -124,10 +126,11 @@ class Transformer(nn.Module):
         if adapter_factory is not None:  # after _init_linear: adapters initialise themselves
             for side, layers in (("encoder", self.encoder_layers), ("decoder", self.decoder_layers)):
                 for i, layer in enumerate(layers):
+                    assert isinstance(layer, (EncoderLayer, DecoderLayer))
                     layer.adapter = adapter_factory(side, i)
 
     def _init_linear(self) -> None:
-        for name, mod in self.named_modules():
+        for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.xavier_uniform_(mod.weight)
                 if mod.bias is not None:
