@@ -21,7 +21,7 @@ from nmt.config import Config
 from data_prep.binarize import check_bin_matches
 from nmt.data.loader import ParallelData, TrainLoader, valid_batches
 from nmt.curriculum import check_stages, stage_at
-from nmt.data.sampling import direction_probs
+from nmt.data.sampling import probs_for_run
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.langs import parse_direction
@@ -192,8 +192,7 @@ class Trainer:
         sp = self.cfg.sampling
         sizes = {d: n for d, n in self.train_data.sizes().items() if d in directions}
         weights = {k: v for k, v in sp.weights.items() if "-".join(parse_direction(k)) in sizes}
-        return direction_probs(sizes, sp.method, sp.temperature, weights, sp.unimax_budget or None,
-                               sp.unimax_max_epochs)
+        return probs_for_run(self.cfg, sizes, weights, self.train_data, self.world)
 
     def _enter_stage(self, stage: int) -> None:
         start, directions = self.stages[stage]
