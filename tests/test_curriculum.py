@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_module, train_smoke
 from nmt.config import StageConfig
-from nmt.curriculum import check_stages, plan_stages, stage_at
+from nmt.curriculum import check_stages, entry_table, plan_stages, planned_entries, stage_at
 from nmt.errors import UserError
 from test_trainer_step import make_trainer
 
@@ -35,9 +35,31 @@ def test_plan_stages_hand_computed():
     # best validation steps out of a 1000-step run: the early-best (over-fitting) pairs enter late.
     best = {"a-b": 1000, "b-a": 900, "c-d": 400, "d-c": 300, "e-f": 100, "f-e": 1000}
     stages = plan_stages(best, 1000, 3)
-    # entries: a-b 0, f-e 0, b-a 100, c-d 600, d-c 700, e-f 900 -> groups of two
+    # ideal entries N - best: a-b 0, f-e 0 | b-a 100, c-d 600, d-c 700, e-f 900. Stage 0 = the
+    # entry-0 directions; the later entries 100 600 700 900 have gaps 500, 100, 200: the widest
+    # (500) cuts them into {100} and {600, 700, 900}, each stage starting at its latest entry.
     assert [(s.start_step, s.directions) for s in stages] == [
-        (0, ["a-b", "f-e"]), (100, ["a-b", "f-e", "b-a", "c-d"]), (700, ["a-b", "f-e", "b-a", "c-d", "d-c", "e-f"])]
+        (0, ["a-b", "f-e"]), (100, ["a-b", "f-e", "b-a"]),
+        (900, ["a-b", "f-e", "b-a", "c-d", "d-c", "e-f"])]
+    assert planned_entries(stages) == {"a-b": 0, "f-e": 0, "b-a": 100, "c-d": 900, "d-c": 900, "e-f": 900}
+    # Four stages: the next widest gap (200, between 700 and 900) is cut too.
+    four = plan_stages(best, 1000, 4)
+    assert [s.start_step for s in four] == [0, 100, 700, 900]
+    assert planned_entries(four)["c-d"] == 700
+    # Never early: every planned entry >= its ideal entry N - best.
+    for n in (2, 3, 4, 5, 9):
+        planned = planned_entries(plan_stages(best, 1000, n))
+        assert all(planned[d] >= 1000 - b for d, b in best.items())
+    table = entry_table(best, 1000, stages)
+    assert "# c-d" in table and "600      900  (late by 300)" in table
+
+
+def test_plan_stages_refuses_what_would_enter_early():
+    with pytest.raises(UserError, match="--steps 900"):  # nobody is best at the last step
+        plan_stages({"a-b": 900, "b-a": 500}, 1000, 3)
+    with pytest.raises(UserError, match="--stages 2"):
+        plan_stages({"a-b": 1000, "b-a": 500}, 1000, 1)
+    assert [s.start_step for s in plan_stages({"a-b": 1000, "b-a": 1000}, 1000, 1)] == [0]
 
 
 def test_stage_switch_happens_at_the_exact_step(prepared_corpus, tmp_path):
