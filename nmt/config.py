@@ -146,6 +146,9 @@ class TrainerConfig:
     max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
     init_from: str = ""  # start from this checkpoint's weights (adapter parameters may be missing)
     best_by: list[str] = field(default_factory=list)  # best.pt by these directions' mean valid loss; []: all
+    # Count the forced target-language tag in the loss, as fairseq does without --ignore-prefix-size 1
+    # (for comparing losses with fairseq logs); false: the tag position is ignored (NLLB inference forces it).
+    loss_include_tag: bool = False
 
 
 @dataclass

@@ -31,7 +31,7 @@ from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
 from nmt.training.logging import RunLogger
-from nmt.training.loss import label_smoothed_nll
+from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.precision import choose_precision
 from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
@@ -312,6 +312,7 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, batch, n_directions: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         b = batch.to(self.device)
+        b = with_target_tag(b) if self.cfg.trainer.loss_include_tag else b
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
             logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
