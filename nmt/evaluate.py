@@ -1,4 +1,4 @@
-"""Score translations on a Flores-200-layout test set: ``python -m nmt.evaluate key=value ...``.
+"""Score translations on Flores-200 or Flores+: ``python -m nmt.evaluate key=value ...``.
 
 Two modes (exactly one of ``ckpt`` / ``hyp_dir``)::
 
@@ -14,7 +14,9 @@ lines as the Flores file (or, with ``max_lines=N``, either that many or exactly 
 Keys:
   ckpt=PATH | hyp_dir=DIR    what to score (ckpt: a .pt file, a .dcp directory, or an export
                               directory written by python -m nmt.export)
-  flores.dir=DIR              <DIR>/<split>/<code>.<split> (required)
+  flores.dir=DIR              Flores-200 <DIR>/<split>/<code>.<split> or Flores+
+                              <DIR>/<split>/<split>.<code> | <code>.jsonl (required); the release
+                              and version are recorded in results.json "testset"
   split=devtest               Flores split (dev or devtest)
   directions=auto             auto: en-centric for ckpt, every <src>-<tgt>.hyp for hyp_dir;
                               en-centric: eng_Latn<->xx for every language of the split;
@@ -274,7 +276,9 @@ def evaluate(cfg: EvalConfig) -> dict:
                     scorer.score(r_hyps, refs[tgt], tgt, hyp_name="retrieval baseline"))
         directions[name] = entry
 
-    notes = [scorer.note()]
+    testset = flores.layout(cfg.flores.dir, cfg.split).describe()
+    notes = [scorer.note(), f"test set: {testset['dataset']} {testset['version']} ({cfg.split}, "
+                            f"files {testset['layout']})"]
     if cfg.max_lines:
         notes.append(f"only the first {cfg.max_lines} lines of each direction were scored")
     if no_retrieval:
@@ -286,6 +290,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "mode": "checkpoint" if cfg.ckpt else "hyp_dir",
         "split": cfg.split,
         "flores_dir": str(cfg.flores.dir),
+        "testset": testset,
         "notes": notes,
     }
     if cfg.ckpt:
