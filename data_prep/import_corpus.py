@@ -34,7 +34,7 @@ from data_prep.manifest import (LineWriter, MANIFEST, add_input, add_pair, atomi
                                 load_manifest, new_manifest, pair_name, write_manifest)
 from nmt.errors import UserError, exit_on_user_error
 from nmt.eval import flores
-from nmt.eval.flores_layout import TESTSET_FILE, check_comparable
+from nmt.eval.flores_layout import FLORES200, TESTSET_FILE, Layout, check_comparable
 from nmt.langs import ENGLISH, normalize_lang
 
 FLORES_TO_SPLIT = {"dev": "valid", "devtest": "test"}
@@ -185,7 +185,7 @@ def import_flores(args: argparse.Namespace, root: Path, manifest: dict) -> dict[
             add_pair(manifest, split, name, lines, sha, counts)
             report[f"{split}/{name}"] = counts
         for code in langs:
-            add_input(manifest, flores.lang_path(args.flores_dir, fsplit, code))
+            add_input(manifest, Path(args.flores_dir) / fsplit / source_layout(args, fsplit).file_name(fsplit, code))
     write_text(root / "flores" / TESTSET_FILE, json.dumps(testset) + "\n")
     return report
 
@@ -193,7 +193,7 @@ def import_flores(args: argparse.Namespace, root: Path, manifest: dict) -> dict[
 def check_one_release(args: argparse.Namespace, manifest: dict) -> dict:
     """The release of --flores-dir (the same for every split); with --append, a UserError if the
     corpus already holds Flores files of another release (scores would mix the two)."""
-    found = [flores.layout(args.flores_dir, s).describe() for s in args.flores_splits]
+    found = [source_layout(args, s).describe() for s in args.flores_splits]
     for other in found[1:]:
         check_comparable(found[0], other, f"--flores-dir {args.flores_dir} (dev and devtest)")
     recorded = args.out / "flores" / TESTSET_FILE
@@ -211,14 +211,25 @@ def write_text(path: Path, text: str) -> None:
 
 def list_rows(args: argparse.Namespace, fsplit: str, langs: list[str]) -> list[tuple]:
     """All rows of one Flores split (a Flores split is ~1000 sentences: kept in memory)."""
-    if flores.layout(args.flores_dir, fsplit).kind in ("jsonl", "parquet"):
+    lay = source_layout(args, fsplit)
+    if lay.kind == "flores200-text":
+        return list(readers.read_flores(args.flores_dir, fsplit, langs, skip_invalid=args.skip_invalid_utf8))
+    if lay.kind in ("jsonl", "parquet"):
         columns = flores.read_languages(args.flores_dir, fsplit, langs)
         return list(zip(*(columns[c] for c in langs)))
-    paths = [flores.lang_path(args.flores_dir, fsplit, c) for c in langs]
+    paths = [Path(args.flores_dir) / fsplit / lay.file_name(fsplit, c) for c in langs]
     for code, path in zip(langs, paths):
         if not path.is_file():
             flores.read_language(args.flores_dir, fsplit, code)  # the UserError naming path and layout
     return list(readers.read_aligned(paths, skip_invalid=args.skip_invalid_utf8))
+
+
+def source_layout(args: argparse.Namespace, fsplit: str) -> Layout:
+    """The layout of --flores-dir's split; a missing split directory reads as Flores-200, so that
+    the error names the first missing file (data_prep.readers.read_flores)."""
+    if not (Path(args.flores_dir) / fsplit).is_dir():
+        return Layout(FLORES200, "flores200-text", "")
+    return flores.layout(args.flores_dir, fsplit)
 
 
 def check_free(args: argparse.Namespace, manifest: dict, pairs: list[str],

@@ -126,7 +126,10 @@ def read_rows(path: Path, kind: str) -> list[str]:
         except ImportError:
             raise UserError(f"{path}: reading Flores+ parquet files needs pyarrow (pip install pyarrow); "
                             "or use the Flores+ text release (<split>/<split>.<code>) or the jsonl files") from None
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's errors have no common base class to name here
+            raise UserError(f"{path}: not a readable parquet file ({str(e)[:200]}); re-download it") from None
     else:
         rows = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
