@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         from nmt.fileio import atomic_write
 
         atomic_write(Path(args.out), text)
+        print(entry_table(best, args.steps or last, stages), end="")
         print(f"wrote {args.out}")
     else:
         print(text, end="")

@@ -91,8 +91,10 @@ def test_resume_across_a_stage_boundary_is_exact(prepared_corpus, tmp_path):
 
 def test_plan_cli_writes_a_snippet_that_trains(prepared_corpus, smoke_run, tmp_path):
     out = tmp_path / "stages.yaml"
-    run_module("nmt.curriculum", "plan", smoke_run, "--stages", "2", "--out", out)
+    proc = run_module("nmt.curriculum", "plan", smoke_run, "--stages", "2", "--out", out)
+    assert "ideal" in proc.stdout and "planned" in proc.stdout  # the entry table is printed too
     text = out.read_text()
+    assert "# direction" in text
     assert "curriculum:" in text and "start_step: 0" in text
     again = run_module("nmt.curriculum", "plan", smoke_run, "--out", out, check=False)
     assert again.returncode == 2 and "Traceback" not in again.stderr  # never overwrites
