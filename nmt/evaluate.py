@@ -320,7 +320,7 @@ def resource_corpus(cfg: EvalConfig) -> str | None:
     if run_config is not None and run_config.is_file():
         from omegaconf import OmegaConf
 
-        candidates.append(OmegaConf.load(run_config).get("data", {}).get("corpus"))
+        candidates.append(OmegaConf.select(OmegaConf.load(run_config), "data.corpus", default=None))
     found = [str(c) for c in candidates if c and (Path(str(c)) / "manifest.json").is_file()]
     return found[0] if found else None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from conftest import run_module, train_smoke
@@ -100,3 +102,20 @@ def test_plan_cli_writes_a_snippet_that_trains(prepared_corpus, smoke_run, tmp_p
     assert again.returncode == 2 and "Traceback" not in again.stderr  # never overwrites
     bad = run_module("nmt.curriculum", "plan", tmp_path, check=False)
     assert bad.returncode == 2 and "valid_log.jsonl" in bad.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(best=st.lists(st.integers(0, 1000), min_size=1, max_size=12), n=st.integers(2, 6))
+def test_plan_never_lets_a_direction_in_early(best, n):
+    best_step = {f"d{i}-e{i}": b for i, b in enumerate(best)}
+    best_step["top-last"] = 1000  # one direction is best at the last step: stage 0 is not empty
+    stages = plan_stages(best_step, 1000, n)
+    planned = planned_entries(stages)
+    assert set(planned) == set(best_step) and len(stages) <= n and stages[0].start_step == 0
+    assert all(planned[d] >= 1000 - b for d, b in best_step.items())
+    for a, b in zip(stages, stages[1:]):  # nested and strictly later
+        assert set(a.directions) < set(b.directions) and a.start_step < b.start_step
+    # Each stage starts exactly at the ideal entry of one of its new directions (its latest).
+    for a, b in zip(stages, stages[1:]):
+        new = set(b.directions) - set(a.directions)
+        assert b.start_step == max(1000 - best_step[d] for d in new)

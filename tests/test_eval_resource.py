@@ -84,3 +84,19 @@ def test_evaluate_writes_resource_groups(layout):
     assert res["averages"]["low-resource"]["chrf++"] == pytest.approx(sum(low) / 2)
     assert res["averages"]["high-resource"] is None
     assert "low < 200,000" in (layout / "hyp" / "eval" / "results.md").read_text()
+
+
+def test_resource_corpus_falls_back_to_the_checkpoint_runs_data_corpus(tmp_path):
+    from nmt.evaluate import EvalConfig, resource_corpus
+
+    corpus = write_manifest(tmp_path / "corpus", {"deu_Latn-eng_Latn": 5})
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"data:\n  corpus: {corpus}\n")
+    cfg = EvalConfig(ckpt=str(run / "checkpoints" / "best.pt"))
+    assert resource_corpus(cfg) == str(corpus)
+    cfg.baselines.corpus = str(tmp_path / "no_manifest_here")  # skipped: not a corpus
+    assert resource_corpus(cfg) == str(corpus)
+    cfg.resource.corpus = "explicit"  # an explicit key always wins (and must be a corpus)
+    assert resource_corpus(cfg) == "explicit"
+    assert resource_corpus(EvalConfig(hyp_dir="h")) is None

@@ -110,11 +110,11 @@ def _unimax(sizes: Mapping[str, int], budget: float | None, max_epochs: float,
         remaining -= alloc[d]
     all_capped = all(alloc[d] >= n_max * sizes[d] * (1 - 1e-12) for d in sizes)  # float slack
     if all_capped and len(set(sizes.values())) > 1 and not allow_proportional:
-        total = sum(sizes.values())
+        examples = sum(sizes.values())
         raise UserError(
             f"sampling.method=unimax with sampling.unimax_budget={b:.6g} examples and "
             f"sampling.unimax_max_epochs={n_max:g} caps every direction at N epochs (budget >= "
-            f"{n_max:g} x {total} examples), which is exactly proportional sampling (T = 1): lower "
+            f"{n_max:g} x {examples} examples), which is exactly proportional sampling (T = 1): lower "
             "sampling.unimax_budget or sampling.unimax_max_epochs (or trainer.max_steps / data.max_tokens, "
             "from which the default budget comes), or set sampling.unimax_allow_proportional=true"
         )

@@ -122,7 +122,7 @@ def read_rows(path: Path, kind: str) -> list[str]:
     """The sentences of a jsonl or parquet language file, in ``id`` order when ids are given."""
     if kind == "parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional
         except ImportError:
             raise UserError(f"{path}: reading Flores+ parquet files needs pyarrow (pip install pyarrow); "
                             "or use the Flores+ text release (<split>/<split>.<code>) or the jsonl files") from None
