@@ -58,7 +58,8 @@ def test_flores_plus_text_layout(tmp_path):
 def test_flores_plus_jsonl_layout_in_id_order(tmp_path):
     d = tmp_path / "hf"
     for code, lines in (("eng_Latn", SENTS["eng_Latn"]), ("cmn_Hans", SENTS["cmn_Hans"])):
-        rows = [{"id": i + 1, "iso_639_3": code[:3], "text": t} for i, t in enumerate(lines)]
+        rows = [{"id": i + 9, "iso_639_3": code[:3], "text": t} for i, t in enumerate(lines)]  # ids 9, 10
+        rows[1]["id"] = "10"  # a string id sorts as a number (10 after 9), not as text
         write_lines(d / "devtest" / f"{code}.jsonl", [json.dumps(r, ensure_ascii=False) for r in reversed(rows)])
     assert flores.read_languages(d, "devtest", ["eng_Latn", "zho_Hans"]) == {
         "eng_Latn": SENTS["eng_Latn"], "zho_Hans": SENTS["cmn_Hans"]}

@@ -119,7 +119,8 @@ def detect(root: str | Path, split: str, split_dir: Path) -> Layout:
 
 
 def read_rows(path: Path, kind: str) -> list[str]:
-    """The sentences of a jsonl or parquet language file, in ``id`` order when ids are given."""
+    """The sentences of a jsonl or parquet language file, in ``id`` order when every row has a
+    numeric id, else in file order."""
     if kind == "parquet":
         try:
             import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional
@@ -142,8 +143,8 @@ def read_rows(path: Path, kind: str) -> list[str]:
     for n, r in enumerate(rows, 1):
         if not isinstance(r, dict) or not isinstance(r.get("text"), str):
             raise UserError(f"{path}: row {n} has no \"text\" string; expected Flores+ rows with id and text")
-    if all("id" in r for r in rows):
-        rows = sorted(rows, key=lambda r: r["id"])
+    if all(str(r.get("id", "")).isdigit() for r in rows):  # numeric ids: "10" after "9"
+        rows = sorted(rows, key=lambda r: int(r["id"]))
     return [r["text"].replace("\n", " ") for r in rows]
 
 
