@@ -223,6 +223,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     out_dir = check_out_dir(default_out_dir(cfg), overwrite=cfg.overwrite)
     langs = flores.list_languages(cfg.flores.dir, cfg.split)
     dirs = resolve_directions(cfg, langs)
+    corpus = resource_corpus(cfg)  # checked before any translation work
+    resource = resource_info([f"{a}-{b}" for a, b in dirs], corpus, cfg.resource.low,
+                             cfg.resource.very_low) if corpus else None
     needed = list(dict.fromkeys(code for d in dirs for code in d))
     full = flores.read_languages(cfg.flores.dir, cfg.split, needed)
     full_len = len(next(iter(full.values())))
@@ -300,8 +303,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:
         extra["baselines_corpus"] = str(cfg.baselines.corpus)
-    corpus = resource_corpus(cfg)
-    resource = resource_info(list(directions), corpus, cfg.resource.low, cfg.resource.very_low) if corpus else None
     results = build_results(directions, scorer.signatures, extra, resource)
     paths = write_report(out_dir, results, overwrite=cfg.overwrite)
     print_table(results)
