@@ -104,8 +104,8 @@ class SamplingConfig:
     method: str = "temperature"  # temperature | uniform | fixed | unimax
     temperature: float = 1.0
     weights: dict[str, float] = field(default_factory=dict)  # for method=fixed
-    # Examples (sentence pairs). 0: what the run consumes, trainer.max_steps x trainer.update_freq x
-    # world size x data.max_tokens / mean max(src_len, tgt_len) of the training examples.
+    # Examples (sentence pairs). 0: what the run (a curriculum stage: its updates) consumes,
+    # trainer.max_steps x update_freq x world size x data.max_tokens / mean max(src_len, tgt_len).
     unimax_budget: float = 0.0
     unimax_max_epochs: float = 1.0
     unimax_allow_proportional: bool = False  # accept a budget that caps every direction (= T=1)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.config import Config
+from nmt.config import Config, StageConfig
 from nmt.data.sampling import (
     direction_probs,
     epoch_counts,
     mean_example_tokens,
     probs_for_run,
+    stage_steps,
     unimax_run_budget,
 )
 from nmt.errors import UserError
@@ -189,3 +190,31 @@ def test_epoch_counts_errors():
         epoch_counts({"a": 1.0}, {"a": 3}, 0, g)
     with pytest.raises(UserError, match="without data"):
         epoch_counts({"x": 1.0}, {"a": 3}, 5, g)
+
+
+class _StageData(_Data):
+    """The same lengths under real direction names (curriculum stages validate them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.directions = ["deu_Latn-eng_Latn", "eng_Latn-fra_Latn"]
+
+    def sizes(self):
+        return {"deu_Latn-eng_Latn": 2, "eng_Latn-fra_Latn": 4}
+
+
+def test_unimax_budget_of_a_curriculum_stage_is_its_own_span():
+    a, b = _StageData().directions
+    cfg = Config()
+    cfg.sampling.method = "unimax"
+    cfg.trainer.max_steps, cfg.trainer.update_freq, cfg.data.max_tokens = 3, 1, 13
+    cfg.curriculum.stages = [StageConfig(0, [a]), StageConfig(1, [a, b])]
+    assert stage_steps(cfg, [a], [a, b]) == 1 and stage_steps(cfg, [a, b], [a, b]) == 2
+    # Stage 1 trains 2 of the 3 updates: B = 2 x 13 / 6.5 = 4 -> a 2 (its cap), b 2 (cap 4): uniform.
+    # (The whole run's B = 3 x 13 / 6.5 = 6 would cap both and be refused.)
+    assert probs_for_run(cfg, _StageData().sizes(), {}, _StageData(), 1) == pytest.approx({a: 0.5, b: 0.5})
+    assert probs_for_run(cfg, {a: 2}, {}, _StageData(), 1) == {a: 1.0}
+    # Four updates: stage 1 spans 3, B = 6 caps both: refused already when stage 0 starts.
+    cfg.trainer.max_steps = 4
+    with pytest.raises(UserError, match="unimax_allow_proportional"):
+        probs_for_run(cfg, {a: 2}, {}, _StageData(), 1)

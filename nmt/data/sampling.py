@@ -221,16 +221,46 @@ def mean_example_tokens(data: Any, directions: Iterable[str]) -> float:
     return total / count if count else 0.0
 
 
+def stage_steps(cfg: Any, directions: Iterable[str], train_directions: list[str]) -> int:
+    """Updates trained with exactly ``directions``: the summed spans of the curriculum stages that
+    list them (stage i runs ``start_i <= step < start_{i+1}``, the last one to trainer.max_steps),
+    0 when no stage does; trainer.max_steps without a curriculum."""
+    from nmt.curriculum import check_stages  # lazy: the curriculum module imports the config
+
+    max_steps = int(cfg.trainer.max_steps)
+    stages = check_stages(list(cfg.curriculum.stages), train_directions)
+    if not stages:
+        return max_steps
+    wanted = set(directions)
+    ends = [start for start, _ in stages[1:]] + [max_steps]
+    return sum(max(0, min(end, max_steps) - start) for (start, dirs), end in zip(stages, ends) if set(dirs) == wanted)
+
+
 def probs_for_run(cfg: Any, sizes: Mapping[str, int], weights: Mapping[str, float], data: Any,
                   world_size: int) -> dict[str, float]:
-    """``direction_probs`` with the settings of ``cfg`` (a :class:`~nmt.config.Config`); for
-    ``unimax`` with ``sampling.unimax_budget=0`` the budget is :func:`unimax_run_budget` of the run
-    (trainer.max_steps, data.max_tokens, trainer.update_freq, the world size, and the mean example
-    length of ``sizes``' directions in ``data``)."""
+    """``direction_probs`` with the settings of ``cfg`` (a :class:`~nmt.config.Config`) for the
+    directions of ``sizes`` (all of them, or one curriculum stage's).
+
+    For ``unimax`` with ``sampling.unimax_budget=0`` the budget is :func:`unimax_run_budget` over
+    the updates those directions train (:func:`stage_steps`) and their mean example length in
+    ``data``. With a curriculum, every stage's UniMax settings are checked on the first call, so
+    that a refused stage stops the run at its start, not in the middle."""
     sp = cfg.sampling
-    budget = float(sp.unimax_budget) or None
-    if sp.method == "unimax" and budget is None:
-        budget = unimax_run_budget(cfg.trainer.max_steps, cfg.data.max_tokens, cfg.trainer.update_freq,
-                                   world_size, mean_example_tokens(data, sizes))
-    return direction_probs(sizes, sp.method, sp.temperature, weights, budget, sp.unimax_max_epochs,
-                           bool(sp.unimax_allow_proportional))
+
+    def probs(sz: Mapping[str, int], w: Mapping[str, float]) -> dict[str, float]:
+        budget = float(sp.unimax_budget) or None
+        if sp.method == "unimax" and budget is None:
+            steps = stage_steps(cfg, sz, list(data.directions)) or int(cfg.trainer.max_steps)
+            budget = unimax_run_budget(steps, cfg.data.max_tokens, cfg.trainer.update_freq, world_size,
+                                       mean_example_tokens(data, sz))
+        return direction_probs(sz, sp.method, sp.temperature, w, budget, sp.unimax_max_epochs,
+                               bool(sp.unimax_allow_proportional))
+
+    if sp.method == "unimax" and cfg.curriculum.stages:
+        from nmt.curriculum import check_stages
+
+        every = data.sizes()
+        for _, dirs in check_stages(list(cfg.curriculum.stages), list(data.directions)):
+            if stage_steps(cfg, dirs, list(data.directions)) > 0:  # a stage past max_steps never trains
+                probs({d: every[d] for d in dirs}, {})
+    return probs(sizes, weights)
