@@ -26,7 +26,7 @@ class MoEConfig:
     decoder_freq: int = 0  # same for the decoder
     second_expert_policy: str = "all"  # all (NLLB) | sampling (Gumbel noise) | random (keep if 2*g2 > U)
     capacity_factor: float = 1.0  # cf in the capacity rule
-    capacity_rule: str = "exact"  # exact: ceil(cf*k*real_tokens/E) | fairseq: int(cf*k*ceil(batch_tokens/E)), padding counted
+    capacity_rule: str = "exact"  # exact: ceil(cf*k*real_tokens/E) | fairseq: int(cf*k*ceil(S/E)), S with padding
     dropless: bool = False  # no capacity: every assignment is computed
     eval_capacity_token_fraction: float = 1.0  # eval C = ceil(fraction * tokens); <= 0: training rule
     batch_prioritized: bool = False  # fill slots by router confidence instead of token order

@@ -89,7 +89,7 @@ def test_attached_budget_gives_the_same_gradients(mode: str) -> None:
     assert float(aux2["loss/cmr_budget"]) == pytest.approx(float(aux["loss/cmr_budget"].detach()), abs=1e-12)
     ((out_a2 * weights[0]).sum() + (out_b2 * weights[1]).sum()).backward()
     got = [p.grad for p in (*a2.parameters(), *b2.parameters())]
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         assert torch.allclose(e, g, atol=1e-12)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from test_distributed_train import COMMON, MOE, assert_close, losses, torchrun, weights
 
 pytestmark = pytest.mark.slow

@@ -21,12 +21,12 @@ class AuxLossThroughOutput(torch.autograd.Function):
     forward has run: the global CMR budget's coefficient, nmt/models/moe/cmr.py)."""
 
     @staticmethod
-    def forward(ctx, out: Tensor, loss: Tensor, scale: float | Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, out: Tensor, loss: Tensor, scale: float | Tensor) -> Tensor:
         ctx.loss_shape, ctx.loss_dtype, ctx.scale = loss.shape, loss.dtype, scale
         return out.view_as(out)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         scale = ctx.scale
         if torch.is_tensor(scale):
             loss_grad = scale.detach().to(device=grad.device, dtype=ctx.loss_dtype).expand(ctx.loss_shape).clone()

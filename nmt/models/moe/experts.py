@@ -25,12 +25,12 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity whose backward multiplies the gradient by a constant."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return grad * ctx.scale, None
 
 
@@ -42,7 +42,7 @@ class _ReluExperts(torch.autograd.Function):
     hidden activations (``h > 0``), so nothing else is kept for backward."""
 
     @staticmethod
-    def forward(ctx, x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED, counts: list[int], p: float, scale: float):  # type: ignore[override]
+    def forward(ctx, x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED, counts: list[int], p: float, scale: float):
         out_RD = x_RD.new_empty((x_RD.shape[0], w2_EHD.shape[-1]))
         hidden_RH = x_RD.new_empty((x_RD.shape[0], w1_EDH.shape[-1]))
         start = 0
@@ -61,7 +61,7 @@ class _ReluExperts(torch.autograd.Function):
         return out_RD
 
     @staticmethod
-    def backward(ctx, grad_out_RD):  # type: ignore[override]
+    def backward(ctx, grad_out_RD):
         x_RD, w1_EDH, w2_EHD, hidden_RH = ctx.saved_tensors
         grad_out_RD = grad_out_RD.contiguous()
         grad_x_RD = torch.empty_like(x_RD)
@@ -148,6 +148,8 @@ class Experts(nn.Module):
     # Checkpoints always hold all experts, whatever the expert-parallel world size.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         for name, p in self._parameters.items():
+            if p is None:
+                continue
             t = p if keep_vars else p.detach()
             if self.world > 1:
                 parts = [torch.empty_like(t) for _ in range(self.world)]

@@ -87,7 +87,7 @@ def _choose(logits_TE: Tensor, probs_TE: Tensor, cfg: MoEConfig) -> _Assignments
         if cfg.second_expert_policy == "random":
             use2_T = 2 * gate2_T.detach() > torch.rand_like(gate2_T)
         parts.append((top2_T[use2_T], token_T[use2_T], torch.ones_like(top2_T[use2_T]), gate2_T[use2_T]))
-    expert_A, token_A, slot_A, gate_A = (torch.cat(x) for x in zip(*parts))
+    expert_A, token_A, slot_A, gate_A = (torch.cat(x) for x in zip(*parts, strict=True))
     return _Assignments(expert_A, token_A, slot_A, gate_A)
 
 
