@@ -75,13 +75,12 @@ class TokenDispatcher:
         counts_E = torch.bincount(expert_N, minlength=self.experts)
         if self.world == 1:
             return rows_ND, counts_E.tolist(), Dispatched(token_N)
-        w, el, group = self.world, self.local, self.group
         recv_counts = torch.empty_like(counts_E)
-        dist.all_to_all_single(recv_counts, counts_E, group=group)  # [W * L]: rows each rank sends me
-        recv_WL = recv_counts.view(w, el)
-        send_splits = counts_E.view(w, el).sum(1).tolist()
+        dist.all_to_all_single(recv_counts, counts_E, group=self.group)  # [W * L]: rows each rank sends me
+        recv_WL = recv_counts.view(self.world, self.local)
+        send_splits = counts_E.view(self.world, self.local).sum(1).tolist()
         recv_splits = recv_WL.sum(1).tolist()
-        recv_RD = _AllToAll.apply(rows_ND, recv_splits, send_splits, group)
+        recv_RD = _AllToAll.apply(rows_ND, recv_splits, send_splits, self.group)
         perm_R = _regroup(recv_WL)
         return recv_RD[perm_R], recv_WL.sum(0).tolist(), Dispatched(token_N, send_splits, recv_splits, perm_R)
 
