@@ -15,6 +15,9 @@ from typing import Any
 from nmt.errors import UserError
 
 
+INFERENCE_MODES = ("capacity", "dynamic", "static")
+
+
 @dataclass
 class MoEConfig:
     """Mixture-of-Experts feed-forward layers (GShard/NLLB semantics, see nmt/models/moe/)."""
@@ -42,6 +45,7 @@ class MoEConfig:
     cmr_loss_weight: float = 0.1
     cmr_budget_loss: str = "global"  # global: w*|sum used / sum total - p| over all CMR layers (fairseq) | per_layer
     impl: str = "native"  # native | fairscale (reference backend, optional extra)
+    inference: str = "capacity"  # eval-mode dispatch: capacity (cut, routed rows) | dynamic | static (nmt/models/moe/layer.py)
 
 
 @dataclass
@@ -254,6 +258,8 @@ def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
     _check(x.capacity_rule in ("exact", "fairseq"), "model.moe.capacity_rule", x.capacity_rule,
            "use exact (ceil(cf*k*real_tokens/E)) or fairseq (int(cf*k*ceil(batch_tokens/E)), padding counted)")
     _check(x.impl in ("native", "fairscale"), "model.moe.impl", x.impl, "use native or fairscale")
+    _check(x.inference in INFERENCE_MODES, "model.moe.inference", x.inference,
+           "use capacity (the capacity cut, routed rows only), dynamic (no capacity) or static ([E, C, D] slots)")
     if x.impl == "fairscale":
         _check(x.top_k == 2 and x.second_expert_policy == "sampling" and not x.dropless and x.eom == 0
                and x.fom == 0 and not x.batch_prioritized and x.capacity_factor == 1.0,
