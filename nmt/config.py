@@ -14,8 +14,7 @@ from typing import Any
 
 from nmt.errors import UserError
 
-
-INFERENCE_MODES = ("capacity", "dynamic", "static")
+INFERENCE_MODES = ("capacity", "dynamic", "static")  # MoEConfig.inference, see nmt/models/moe/layer.py
 
 
 @dataclass
@@ -45,7 +44,7 @@ class MoEConfig:
     cmr_loss_weight: float = 0.1
     cmr_budget_loss: str = "global"  # global: w*|sum used / sum total - p| over all CMR layers (fairseq) | per_layer
     impl: str = "native"  # native | fairscale (reference backend, optional extra)
-    inference: str = "capacity"  # eval-mode dispatch: capacity (cut, routed rows) | dynamic | static (nmt/models/moe/layer.py)
+    inference: str = "capacity"  # evaluation dispatch: capacity (cut, routed rows) | dynamic | static
 
 
 @dataclass
