@@ -15,6 +15,7 @@ from typing import Any
 from nmt.errors import UserError
 
 INFERENCE_MODES = ("capacity", "dynamic", "static")  # MoEConfig.inference, see nmt/models/moe/layer.py
+BUFFER_POLICIES = ("lru", "lifo")  # expert buffering's eviction policy, see nmt/models/moe/buffer.py
 
 
 @dataclass

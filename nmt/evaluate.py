@@ -28,6 +28,8 @@ Keys:
   resource.corpus=DIR         averages by NLLB resource group from DIR/manifest.json train pairs
                               (default: baselines.corpus, else data.corpus of the checkpoint's run)
   resource.low=1000000 resource.very_low=100000   group thresholds (NLLB's), in training pairs
+  moe.inference=capacity|dynamic|static   MoE dispatch at inference (ckpt mode; docs/moe_serving.md)
+  moe.resident_experts=K moe.buffer_policy=lru|lifo   expert buffering: K experts per layer in memory
   max_lines=N                 score only the first N lines of every direction (quick checks)
   overwrite=false             replace existing results / hypothesis files
 
@@ -55,6 +57,7 @@ from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
 from nmt.eval.resource import LOW, VERY_LOW, check_thresholds, resource_info
 from nmt.langs import ENGLISH, parse_direction
+from nmt.moe_tools.options import MoEServeConfig
 
 HYP_SUFFIX = ".hyp"
 
@@ -95,6 +98,7 @@ class EvalConfig:
     resource: ResourceConfig = field(default_factory=ResourceConfig)
     max_lines: Optional[int] = None
     overwrite: bool = False
+    moe: MoEServeConfig = field(default_factory=MoEServeConfig)
 
     def validate(self) -> None:
         if (self.ckpt is None) == (self.hyp_dir is None):
@@ -110,6 +114,7 @@ class EvalConfig:
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)} must be at least 1")
         check_thresholds(self.resource.low, self.resource.very_low)
+        self.moe.validate()
         if self.max_lines is not None and self.max_lines < 1:
             raise UserError(f"max_lines={self.max_lines} must be at least 1 (or leave it unset)")
 
@@ -215,7 +220,7 @@ def _translator(cfg: EvalConfig):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Translator.from_checkpoint(cfg.ckpt, device=device)
+    return Translator.from_checkpoint(cfg.ckpt, device=device, moe=cfg.moe)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -299,6 +304,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.ckpt:
         extra["decoding"] = {"beam": cfg.beam, "lenpen": cfg.lenpen, "max_len_a": cfg.max_len_a,
                              "max_len_b": cfg.max_len_b}
+    if cfg.ckpt and cfg.moe.active:
+        extra["moe"] = _moe_serving(cfg, translator)
     if scorer.spm_info:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:
@@ -324,6 +331,18 @@ def resource_corpus(cfg: EvalConfig) -> str | None:
         candidates.append(OmegaConf.select(OmegaConf.load(run_config), "data.corpus", default=None))
     found = [str(c) for c in candidates if c and (Path(str(c)) / "manifest.json").is_file()]
     return found[0] if found else None
+
+
+def _moe_serving(cfg: EvalConfig, translator) -> dict:
+    """results.json "moe": the dispatch mode and, with buffering, hit rate, loads and bytes moved."""
+    from nmt.moe_tools.serving import buffer_stats, describe
+
+    out: dict[str, Any] = {"inference": translator.model.cfg.moe.inference}
+    stats = buffer_stats(translator.model)
+    if stats is not None:
+        out["buffer"] = stats
+        print(describe(stats), flush=True)
+    return out
 
 
 def _without_n(score: dict) -> dict:

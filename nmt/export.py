@@ -77,20 +77,42 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
-    """Write the export of ``ckpt`` to ``out_dir``; returns its config.json object."""
-    import torch
+def write_export(out: Path, state: dict, config: dict, spm_path: str | Path, src: str | Path) -> None:
+    """Write ``model.safetensors``, ``spm.model`` and ``config.json`` (weights' bytes and sha256
+    filled in) as one new directory ``out`` (replaced if present: the caller checked it may be).
+    ``src``: the checkpoint named in error messages."""
     from safetensors.torch import save_file
 
-    from nmt.inference import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS, checkpoint_kind,
-                               load_inference_checkpoint)
+    from nmt.inference import CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
 
-    src, out = Path(ckpt), Path(out_dir)
-    check_out_dir(out, src, overwrite)  # before the (possibly long) load
-    kind, _ = checkpoint_kind(src)
-    print(f"loading {src} ({kind})", flush=True)
-    ck = load_inference_checkpoint(src)
-    model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
+    try:
+        with atomic_dir(out, overwrite=True) as tmp:  # check_out_dir decided what may be replaced
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": EXPORT_FORMAT,
+                                                           "format_version": str(EXPORT_VERSION)})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it 0600; the others follow the umask
+            config["weights"]["bytes"] = (tmp / WEIGHTS).stat().st_size
+            config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
+            shutil.copyfile(spm_path, tmp / SPM)
+            if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
+                raise UserError(f"{spm_path} changed while it was being copied (sha256 differs from "
+                                f"the checkpoint's); restore the run's spm.model and export again")
+            (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            for f in (WEIGHTS, SPM, CONFIG):
+                with open(tmp / f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except OSError as e:
+        raise UserError(f"cannot write the export {out}: {e.strerror or e}; free disk space or choose another "
+                        f"OUT_DIR (nothing was written there)") from None
+    except TypeError as e:  # a config value JSON cannot hold
+        raise UserError(f"checkpoint {src} holds a config that cannot be written as JSON ({e})") from None
+
+
+def export_state(model) -> dict:
+    """The model's state dict as contiguous CPU tensors, no two sharing memory (safetensors)."""
+    import torch
+
     state: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for name, t in model.state_dict().items():
@@ -100,7 +122,16 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
             t = t.clone()
         seen.add(key)
         state[name] = t
-    del model
+    return state
+
+
+def export_config(ck, state: dict, src: Path) -> dict:
+    """config.json of an export of checkpoint ``ck`` (an InferenceCheckpoint) holding ``state``
+    (``weights.bytes``/``sha256`` are filled in by :func:`write_export`)."""
+    import torch
+
+    from nmt.inference import EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
+
     n_params = sum(t.numel() for t in state.values())
     directions = list(ck.info.get("directions") or [])
     model_cfg = ck.model_config
@@ -122,28 +153,24 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     }
     if ck.kind == "export":  # re-export: keep the original provenance
         config["source"] = {**(ck.info.get("source") or {}), "exported_from": str(src.resolve())}
-    try:
-        with atomic_dir(out, overwrite=True) as tmp:  # check_out_dir decided what may be replaced
-            save_file(state, str(tmp / WEIGHTS), metadata={"format": EXPORT_FORMAT,
-                                                           "format_version": str(EXPORT_VERSION)})
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it 0600; the others follow the umask
-            config["weights"]["bytes"] = (tmp / WEIGHTS).stat().st_size
-            config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
-            shutil.copyfile(ck.tokenizer.path, tmp / SPM)
-            if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
-                raise UserError(f"{ck.tokenizer.path} changed while it was being copied (sha256 differs from "
-                                f"the checkpoint's); restore the run's spm.model and export again")
-            (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            for f in (WEIGHTS, SPM, CONFIG):
-                with open(tmp / f, "rb") as fh:
-                    os.fsync(fh.fileno())
-    except OSError as e:
-        raise UserError(f"cannot write the export {out}: {e.strerror or e}; free disk space or choose another "
-                        f"OUT_DIR (nothing was written there)") from None
-    except TypeError as e:  # a config value JSON cannot hold
-        raise UserError(f"checkpoint {src} holds a config that cannot be written as JSON ({e})") from None
+    return config
+
+
+def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Write the export of ``ckpt`` to ``out_dir``; returns its config.json object."""
+    from nmt.inference import CONFIG, SPM, WEIGHTS, checkpoint_kind, load_inference_checkpoint
+
+    src, out = Path(ckpt), Path(out_dir)
+    check_out_dir(out, src, overwrite)  # before the (possibly long) load
+    kind, _ = checkpoint_kind(src)
+    print(f"loading {src} ({kind})", flush=True)
+    ck = load_inference_checkpoint(src)
+    model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
+    state = export_state(model)
+    del model
+    config = export_config(ck, state, src)
+    n_params = config["weights"]["parameters"]
+    write_export(out, state, config, ck.tokenizer.path, src)
     total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
     print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
           f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)

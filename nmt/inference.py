@@ -25,8 +25,8 @@ import torch
 from nmt.config import EvalConfig, ModelConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
-from nmt.fileio import sha256_file
 from nmt.eval.search import beam_search
+from nmt.fileio import sha256_file
 from nmt.langs import FLORES200, all_tag_tokens, normalize_lang
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, Transformer
@@ -87,8 +87,9 @@ class InferenceCheckpoint:
     eval_config: dict[str, Any] = field(default_factory=dict)  # the run's ``eval`` defaults (beam, lenpen, ...)
     info: dict[str, Any] = field(default_factory=dict)  # step, directions, source, ... (provenance only)
 
-    def build_model(self) -> Transformer:
-        """The model with every expert on this process, weights loaded, in eval mode."""
+    def build_model(self, lazy=None) -> Transformer:
+        """The model with every expert on this process, weights loaded, in eval mode. ``lazy``:
+        a predicate of the tensors the loader left on disk (expert buffering, nmt/moe_tools)."""
         model = build_model(_dataclass_from(ModelConfig, self.model_config), self.tokenizer.vocab_size)
         try:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
@@ -98,6 +99,8 @@ class InferenceCheckpoint:
         if self.kind == "dcp":  # a sharded checkpoint holds parameters only: buffers come from the config
             params = {n for n, _ in model.named_parameters()}
             missing = [k for k in missing if k in params]
+        if lazy is not None:
+            missing = [k for k in missing if not lazy(k)]
         if missing or unexpected:
             names = ", ".join((list(missing) + list(unexpected))[:4])
             raise UserError(f"checkpoint {self.path} does not match its own model config ({len(missing)} missing, "
@@ -131,14 +134,15 @@ def checkpoint_kind(path: str | Path) -> tuple[str, Path]:
     raise UserError(f"checkpoint {p} is a directory but not an nmt checkpoint{hint}; pass {KINDS}")
 
 
-def load_inference_checkpoint(path: str | Path) -> InferenceCheckpoint:
-    """Path → model config, full state dict and tokenizer, for every checkpoint kind.
+def load_inference_checkpoint(path: str | Path, lazy=None) -> InferenceCheckpoint:
+    """Path → model config, full state dict and tokenizer, for every checkpoint kind (``lazy``:
+    a predicate of tensor names an export leaves on disk, e.g. MoE experts to buffer).
 
     Every problem (missing, corrupt or foreign file, missing or different tokenizer) is a
     UserError naming the file and the fix."""
     kind, where = checkpoint_kind(path)
     if kind == "export":
-        return _load_export(Path(path), where)
+        return _load_export(Path(path), where, lazy)
     if kind == "dcp":
         from nmt.training.sharded import EXTRA, load_model_tensors
 
@@ -187,7 +191,7 @@ def read_export_config(export_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
+def _load_export(given: Path, export_dir: Path, lazy=None) -> InferenceCheckpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -203,7 +207,7 @@ def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
     if weights.get("sha256") and sha256_file(wpath) != weights["sha256"]:
         raise UserError(f"{wpath} does not match the sha256 in {CONFIG} (corrupt); {fix}")
     try:
-        state = load_file(wpath)
+        state = load_file(wpath) if lazy is None else _load_eager_part(wpath, lazy)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{wpath} is not a readable safetensors file ({str(e)[:160]}); {fix}") from None
     spm = export_dir / (meta["tokenizer"].get("file") or SPM)
@@ -224,6 +228,14 @@ def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
     return InferenceCheckpoint(given, "export", meta["model"], state, tok, meta.get("eval") or {}, info)
 
 
+def _load_eager_part(wpath: Path, lazy) -> dict[str, torch.Tensor]:
+    """The tensors of ``wpath`` except those ``lazy`` names (they stay in the file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(wpath), framework="pt", device="cpu") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if not lazy(k)}
+
+
 class Translator:
     """A model, its tokenizer and default search settings."""
 
@@ -235,14 +247,24 @@ class Translator:
         self.banned = [tokenizer.bos_id] + list(range(4, 4 + len(all_tag_tokens())))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Translator":
-        """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`)."""
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", moe=None) -> Translator:
+        """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`);
+        ``moe``: a :class:`nmt.moe_tools.options.MoEServeConfig` (dispatch mode, expert buffering)."""
         if device == "cuda" and not torch.cuda.is_available():
             raise UserError("device=cuda but no CUDA device is visible; use device=cpu or auto")
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
-        ckpt = load_inference_checkpoint(path)
-        model = ckpt.build_model()
+        if moe is None or not moe.active:
+            ckpt = load_inference_checkpoint(path)
+            model = ckpt.build_model()
+        else:
+            from nmt.moe_tools.serving import apply_serving, lazy_expert_keys
+
+            lazy = lazy_expert_keys(moe, checkpoint_kind(path)[0])
+            ckpt = load_inference_checkpoint(path, lazy)
+            moe.check_model(ckpt.model_config, str(path))
+            model = ckpt.build_model(lazy)
+            apply_serving(model, moe, ckpt, dev)
         return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev)
 
     def translate(

@@ -4,19 +4,21 @@ Exactly one output line per input line (an empty input line gives an empty outpu
 ``ckpt`` is a training checkpoint (``<run>/checkpoints/best.pt`` or ``best.dcp/``) or an export
 directory written by ``python -m nmt.export`` (see docs/export.md).
 Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) instead of stdout,
-``beam``, ``lenpen``, ``batch_size``, ``device``.
+``beam``, ``lenpen``, ``batch_size``, ``device``; MoE models: ``moe.inference=capacity|dynamic|static``,
+``moe.resident_experts=K`` and ``moe.buffer_policy=lru|lifo`` (expert buffering, docs/moe_serving.md).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_write
 from nmt.langs import normalize_lang
+from nmt.moe_tools.options import MoEServeConfig
 
 
 @dataclass
@@ -31,6 +33,7 @@ class TranslateArgs:
     batch_size: int = 0  # 0: the checkpoint's eval.batch_size
     device: str = "cpu"  # cpu | cuda | auto
     overwrite: bool = False  # replace an existing output=FILE
+    moe: MoEServeConfig = field(default_factory=MoEServeConfig)  # MoE dispatch and expert buffering
 
     def validate(self) -> None:
         for key in ("ckpt", "src_lang", "tgt_lang"):
@@ -41,6 +44,7 @@ class TranslateArgs:
         normalize_lang(self.tgt_lang, where="tgt_lang")
         if self.beam < 0 or self.batch_size < 0:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
+        self.moe.validate()
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
         if self.output:
@@ -80,12 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_overrides(TranslateArgs, sys.argv[1:] if argv is None else argv)
     from nmt.inference import Translator
 
-    translator = Translator.from_checkpoint(args.ckpt, device=args.device)
+    translator = Translator.from_checkpoint(args.ckpt, device=args.device, moe=args.moe)
     lines = read_lines(args.input)
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,
         len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None)
     text = "".join(h + "\n" for h in hyps)
+    if args.moe.resident_experts:
+        from nmt.moe_tools.serving import buffer_stats, describe
+
+        print(describe(buffer_stats(translator.model)), file=sys.stderr, flush=True)
     if args.output:
         atomic_write(args.output, text, overwrite=args.overwrite)
     else:
