@@ -59,8 +59,8 @@ def measure(model: nn.Module, tokenizer, src_lang: str, tgt_lang: str, src: list
     layers = moe_layers(model)
     saved = model.cfg.moe.inference
     model.cfg.moe.inference = "dynamic"
-    for _, layer in layers:
-        layer.recorder = usage.record
+    for path, layer in layers:  # keyed by module path (the state dict's prefix), not the layer's short name
+        layer.recorder = lambda _name, r, path=path: usage.record(path, r)
     try:
         tok, max_len = tokenizer, model.cfg.max_positions - 2
         s_ids, t_ids = tok.encode_batch(src), tok.encode_batch(tgt)

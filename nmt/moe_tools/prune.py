@@ -108,7 +108,6 @@ def layer_names(model) -> list[str]:
 
 def write_report(out: Path, report: dict) -> tuple[Path, Path]:
     """``<OUT>.prune.json`` and ``<OUT>.prune.md`` beside OUT."""
-    base = out.parent / f"{out.name}.prune"
     rows = [("model", "experts/layer", "parameters", "weights MiB", "chrF++")]
     for key in ("unpruned", "pruned"):
         m = report[key]
@@ -118,7 +117,7 @@ def write_report(out: Path, report: dict) -> tuple[Path, Path]:
     lines.insert(1, "|" + "---|" * len(rows[0]))
     per_dir = [f"- {d}: {a:.2f} → {b:.2f}" for d, (a, b) in report["chrf++_by_direction"].items()]
     text = "\n".join(lines) + "\n\nchrF++ by direction (unpruned → pruned):\n" + "\n".join(per_dir) + "\n"
-    md, js = base.with_suffix(".md"), base.with_suffix(".json")
+    md, js = (out.parent / f"{out.name}.prune{ext}" for ext in (".md", ".json"))
     md.write_text(f"# Pruned {report['source']} → {out}\n\n" + text, encoding="utf-8")
     js.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(text, end="", flush=True)
