@@ -258,13 +258,9 @@ class Translator:
             ckpt = load_inference_checkpoint(path)
             model = ckpt.build_model()
         else:
-            from nmt.moe_tools.serving import apply_serving, lazy_expert_keys
+            from nmt.moe_tools.serving import load_served
 
-            lazy = lazy_expert_keys(moe, checkpoint_kind(path)[0])
-            ckpt = load_inference_checkpoint(path, lazy)
-            moe.check_model(ckpt.model_config, str(path))
-            model = ckpt.build_model(lazy)
-            apply_serving(model, moe, ckpt, dev)
+            ckpt, model = load_served(path, moe, dev)
         return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev)
 
     def translate(

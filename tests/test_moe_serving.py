@@ -155,3 +155,21 @@ def test_evaluate_reports_buffer_statistics(moe_export, prepared_corpus, tmp_pat
     assert moe["inference"] == "capacity" and buf["resident_experts"] == 3 and buf["policy"] == "lru"
     assert buf["loads"] >= 3 * 4  # 4 MoE layers, each loads its experts at least once
     assert buf["hits"] + buf["loads"] > 0 and 0 <= buf["hit_rate"] <= 1 and buf["bytes_moved"] > 0
+
+
+
+def test_buffered_export_holds_no_expert_weights_but_its_buffer(moe_export):
+    from nmt.inference import Translator
+    from nmt.moe_tools.options import MoEServeConfig
+    from nmt.moe_tools.serving import buffer_stats, moe_layers
+
+    plain = Translator.from_checkpoint(moe_export)
+    buffered = Translator.from_checkpoint(moe_export, moe=MoEServeConfig(resident_experts=2, buffer_policy="lru"))
+    names = [n for n, _ in buffered.model.named_parameters()]
+    assert not [n for n in names if ".experts." in n]  # no placeholder or real expert tensor left
+    assert names == [n for n, _ in plain.model.named_parameters() if ".experts." not in n]
+    assert buffered.translate(LINES, "eng_Latn", "deu_Latn") == plain.translate(LINES, "eng_Latn", "deu_Latn")
+    assert all(len(m.experts.cache) <= 2 for _, m in moe_layers(buffered.model))
+    stats = buffer_stats(buffered.model)
+    assert stats["loads"] == sum(v["loads"] for v in stats["layers"].values()) > 0
+    assert stats["bytes_moved"] == stats["loads"] * (32 * 64 + 64 + 64 * 32 + 32) * 4

@@ -1,20 +1,26 @@
-"""Apply ``moe.*`` inference options to a loaded model (used by :class:`nmt.inference.Translator`).
+"""Load a model under the ``moe.*`` inference options (used by :class:`nmt.inference.Translator`).
 
-With ``moe.resident_experts=K`` the loader leaves the expert tensors (``*.experts.{w1,b1,w2,b2}``)
-out of memory when the checkpoint is an export: they stay in ``model.safetensors`` and each
-layer's :class:`~nmt.models.moe.buffer.BufferedExperts` reads one expert's slice at a time. For a
-.pt/.dcp checkpoint the whole state is in memory anyway: the tier is those tensors (pinned CPU
-memory when the model runs on a GPU; that path is untested here).
+``moe.inference`` sets the dispatch mode of every MoE layer (they share the model's MoEConfig).
+
+With ``moe.resident_experts=K`` no MoE layer holds its experts: each gets a
+:class:`~nmt.models.moe.buffer.BufferedExperts` fed by a slow tier. For an export the expert
+tensors (``*.experts.{w1,b1,w2,b2}``) are never read into memory: they stay in
+``model.safetensors`` and one expert's slice is read per load. For a .pt/.dcp checkpoint the
+whole state is in memory anyway: the tier is those tensors (pinned CPU memory when the model
+runs on a GPU; that path is untested here). The model is built with experts of hidden width 1
+(placeholders, replaced at once), so building it allocates no expert memory either.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from nmt.errors import UserError
 from nmt.models.moe.buffer import PARAMS, BufferedExperts, BufferStats, SafetensorsTier, TensorTier
 from nmt.models.moe.layer import MoELayer
 from nmt.moe_tools.options import MoEServeConfig
@@ -22,38 +28,57 @@ from nmt.moe_tools.options import MoEServeConfig
 EXPERT_KEY = re.compile(r"\.experts\.(w1|b1|w2|b2)$")
 
 
-def lazy_expert_keys(opts: MoEServeConfig | None, kind: str):
-    """The predicate of state-dict keys the loader may leave on disk (None: load everything)."""
-    if opts is None or opts.resident_experts == 0 or kind != "export":
-        return None
-    return lambda key: EXPERT_KEY.search(key) is not None
+def is_expert_key(key: str) -> bool:
+    return EXPERT_KEY.search(key) is not None
 
 
 def moe_layers(model: nn.Module) -> list[tuple[str, MoELayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
 
 
-def apply_serving(model: nn.Module, opts: MoEServeConfig, ckpt: Any, device: torch.device) -> None:
-    """Set the dispatch mode and replace every MoE layer's experts by a buffered copy.
-    ``ckpt``: the :class:`~nmt.inference.InferenceCheckpoint` the model came from."""
+def _tiers(ckpt: Any, kind: str, where: Path, device: torch.device) -> dict[str, SafetensorsTier | TensorTier]:
+    """One slow tier per MoE layer, keyed by the experts' state-dict prefix (``....experts.``)."""
+    from nmt.inference import WEIGHTS
+
+    if kind == "export":
+        from safetensors import safe_open
+
+        with safe_open(str(where / WEIGHTS), framework="pt", device="cpu") as f:
+            prefixes = {k[: -len("w1")] for k in f.keys() if k.endswith(".experts.w1")}
+        return {pre: SafetensorsTier(where / WEIGHTS, pre, device) for pre in sorted(prefixes)}
+    prefixes = {k[: -len("w1")] for k in ckpt.state if k.endswith(".experts.w1")}
+    return {pre: TensorTier({p: ckpt.state.pop(pre + p) for p in PARAMS}, device) for pre in sorted(prefixes)}
+
+
+def load_served(path: str | Path, opts: MoEServeConfig, device: torch.device):
+    """``(InferenceCheckpoint, model)`` with the dispatch mode set and, with buffering, every
+    MoE layer's experts behind a K-expert buffer."""
+    from nmt.inference import checkpoint_kind, load_inference_checkpoint
+
+    kind, where = checkpoint_kind(path)
+    buffered = opts.resident_experts > 0
+    ckpt = load_inference_checkpoint(path, is_expert_key if buffered and kind == "export" else None)
+    opts.check_model(ckpt.model_config, str(path))
+    if not buffered:
+        model = ckpt.build_model()
+    else:
+        tiers = _tiers(ckpt, kind, where, device)
+        config = ckpt.model_config
+        ckpt.model_config = {**config, "moe": {**config["moe"], "expert_ffn_dim": 1}}  # placeholder experts
+        try:
+            model = ckpt.build_model(is_expert_key)
+        finally:
+            ckpt.model_config = config
+        model.cfg.moe.expert_ffn_dim = config["moe"].get("expert_ffn_dim", 0)
+        for name, layer in moe_layers(model):
+            tier = tiers.get(f"{name}.experts.")
+            if tier is None:
+                raise UserError(f"checkpoint {path} holds no experts for MoE layer {name}; re-export it")
+            old = layer.experts
+            layer.experts = BufferedExperts(tier, old.experts, opts.resident_experts, opts.buffer_policy, old.act)
     if opts.inference:
         model.cfg.moe.inference = opts.inference  # the layers share this MoEConfig
-    if opts.resident_experts == 0:
-        return
-    from nmt.inference import WEIGHTS, checkpoint_kind
-
-    _, where = checkpoint_kind(ckpt.path)
-    for name, layer in moe_layers(model):
-        prefix = f"{name}.experts."
-        if ckpt.kind == "export":
-            tier: SafetensorsTier | TensorTier = SafetensorsTier(where / WEIGHTS, prefix, device)
-        else:
-            tier = TensorTier({p: ckpt.state[prefix + p] for p in PARAMS}, device)
-            for p in PARAMS:  # the tier holds them now; the loaded state keeps no second reference
-                ckpt.state.pop(prefix + p, None)
-        old = layer.experts
-        layer.experts = BufferedExperts(tier, old.experts, opts.resident_experts, opts.buffer_policy, old.act)
-        del old
+    return ckpt, model
 
 
 def buffer_stats(model: nn.Module) -> dict[str, Any] | None:
