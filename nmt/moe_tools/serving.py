@@ -50,6 +50,17 @@ def _tiers(ckpt: Any, kind: str, where: Path, device: torch.device) -> dict[str,
     return {pre: TensorTier({p: ckpt.state.pop(pre + p) for p in PARAMS}, device) for pre in sorted(prefixes)}
 
 
+def buffer_experts(model: nn.Module, tiers: dict, resident: int, policy: str, where: str) -> None:
+    """Replace every MoE layer's experts by a ``resident``-expert buffer over its tier
+    (``tiers``: by state-dict prefix ``<layer>.experts.``)."""
+    for name, layer in moe_layers(model):
+        tier = tiers.get(f"{name}.experts.")
+        if tier is None:
+            raise UserError(f"{where} holds no experts for MoE layer {name}; re-export it")
+        old = layer.experts
+        layer.experts = BufferedExperts(tier, old.experts, resident, policy, old.act)
+
+
 def load_served(path: str | Path, opts: MoEServeConfig, device: torch.device):
     """``(InferenceCheckpoint, model)`` with the dispatch mode set and, with buffering, every
     MoE layer's experts behind a K-expert buffer."""
@@ -70,12 +81,7 @@ def load_served(path: str | Path, opts: MoEServeConfig, device: torch.device):
         finally:
             ckpt.model_config = config
         model.cfg.moe.expert_ffn_dim = config["moe"].get("expert_ffn_dim", 0)
-        for name, layer in moe_layers(model):
-            tier = tiers.get(f"{name}.experts.")
-            if tier is None:
-                raise UserError(f"checkpoint {path} holds no experts for MoE layer {name}; re-export it")
-            old = layer.experts
-            layer.experts = BufferedExperts(tier, old.experts, opts.resident_experts, opts.buffer_policy, old.act)
+        buffer_experts(model, tiers, opts.resident_experts, opts.buffer_policy, str(path))
     if opts.inference:
         model.cfg.moe.inference = opts.inference  # the layers share this MoEConfig
     return ckpt, model
