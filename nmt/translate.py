@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.moe.resident_experts:
         from nmt.moe_tools.serving import buffer_stats, describe
 
-        print(describe(buffer_stats(translator.model)), file=sys.stderr, flush=True)
+        stats = buffer_stats(translator.model)
+        if stats is not None:
+            print(describe(stats), file=sys.stderr, flush=True)
     if args.output:
         atomic_write(args.output, text, overwrite=args.overwrite)
     else:

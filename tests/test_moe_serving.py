@@ -82,6 +82,17 @@ def test_buffered_experts_are_bit_identical_to_all_resident(policy, k):
     assert len(layer.experts.cache) <= k
 
 
+@pytest.mark.parametrize("rule", ["exact", "fairseq"])
+def test_buffered_experts_under_static_dispatch(rule):
+    layer, cfg = _layer(fraction=0.1)
+    cfg.inference, cfg.capacity_rule = "static", rule
+    x = torch.randn(30, 8)
+    with torch.no_grad():
+        want = layer.forward_tokens(x, {}, batch_tokens=36)
+        layer.experts = _buffered(layer, 2, "lru")
+        assert torch.equal(layer.forward_tokens(x, {}, batch_tokens=36), want)
+
+
 def test_lru_and_lifo_evictions_on_a_hand_made_sequence():
     layer, _ = _layer(fraction=1.0)
     x = torch.randn(1, 8)

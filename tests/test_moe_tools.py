@@ -119,6 +119,16 @@ def test_prune_bad_input(export, prepared_corpus, tmp_path, args, needle):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, needle", [(["--ranks", "3"], "split evenly"),
+                                          (["--ranks", "1", "--replicate", "1"], "--replicate 1")])
+def test_placement_bad_input(export, prepared_corpus, tmp_path, args, needle):
+    proc = run_module("nmt.moe_tools", "placement", export, "--calib", _flores(prepared_corpus), "--split",
+                      "devtest", "--out", tmp_path / "p.json", *args, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_prune_refuses_a_dense_checkpoint(prepared_corpus, tmp_path):
     dense = random_export(tmp_path / "dense", prepared_corpus / "spm.model", experts=0)
     proc = run_module("nmt.moe_tools", "prune", dense, tmp_path / "out", "--calib", _flores(prepared_corpus),

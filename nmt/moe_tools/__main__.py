@@ -60,6 +60,8 @@ def _load_moe(path: str, device: str):
     moe = ck.model_config.get("moe") or {}
     if not moe.get("experts"):
         raise UserError(f"{path} is a dense model (model.moe.experts=0): there are no experts; give a MoE checkpoint")
+    if moe.get("impl", "native") != "native":
+        raise UserError(f"{path} uses model.moe.impl={moe.get('impl')}: these tools read the native MoE layers only")
     return ck, ck.build_model().to(torch.device(device))
 
 

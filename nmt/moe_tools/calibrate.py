@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from nmt.models.moe.router import Routing
-from nmt.models.transformer import PAD
+from nmt.models.transformer import PAD, Transformer
 from nmt.moe_tools.serving import moe_layers
 
 
@@ -50,7 +50,7 @@ def _batch(rows: list[list[int]]) -> Tensor:
 
 
 @torch.no_grad()
-def measure(model: nn.Module, tokenizer, src_lang: str, tgt_lang: str, src: list[str], tgt: list[str],
+def measure(model: Transformer, tokenizer, src_lang: str, tgt_lang: str, src: list[str], tgt: list[str],
             batch_size: int = 32) -> ExpertUsage:
     """Usage of every expert while the model reads ``src → tgt`` (teacher forcing)."""
     from nmt.langs import FLORES200

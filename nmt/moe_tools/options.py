@@ -50,5 +50,6 @@ class MoEServeConfig:
         if k > experts:
             raise UserError(f"moe.resident_experts={k} exceeds the {experts} experts per layer of {where}; "
                             f"use {top_k}..{experts} (or 0: all resident)")
-        if k and moe.get("impl", "native") != "native":
-            raise UserError(f"moe.resident_experts needs model.moe.impl=native ({where} uses {moe.get('impl')})")
+        if moe.get("impl", "native") != "native":
+            raise UserError(f"moe.* options need model.moe.impl=native ({where} uses {moe.get('impl')}); "
+                            f"drop the moe.* options")

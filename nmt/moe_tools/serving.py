@@ -58,7 +58,8 @@ def buffer_experts(model: nn.Module, tiers: dict, resident: int, policy: str, wh
         if tier is None:
             raise UserError(f"{where} holds no experts for MoE layer {name}; re-export it")
         old = layer.experts
-        layer.experts = BufferedExperts(tier, old.experts, resident, policy, old.act)
+        layer.experts = BufferedExperts(  # type: ignore[assignment]  # same forward as Experts
+            tier, old.experts, resident, policy, old.act)
 
 
 def load_served(path: str | Path, opts: MoEServeConfig, device: torch.device):

@@ -80,7 +80,10 @@ class TensorTier:
 
 
 class BufferedExperts(nn.Module):
-    """``forward(x_RD, counts)`` like :class:`Experts`, with at most ``resident`` experts held."""
+    """``forward(x_RD, counts)`` like :class:`Experts`, with at most ``resident`` experts held
+    (one process holds every expert: no expert parallelism)."""
+
+    world, group = 1, None  # what MoELayer reads of Experts
 
     def __init__(self, tier: SafetensorsTier | TensorTier, experts: int, resident: int, policy: str,
                  activation=F.relu):
