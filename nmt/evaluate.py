@@ -220,7 +220,9 @@ def _translator(cfg: EvalConfig):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Translator.from_checkpoint(cfg.ckpt, device=device, moe=cfg.moe)
+    if cfg.moe.active:
+        return Translator.from_checkpoint(cfg.ckpt, device=device, moe=cfg.moe)
+    return Translator.from_checkpoint(cfg.ckpt, device=device)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
