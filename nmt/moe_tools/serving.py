@@ -4,10 +4,11 @@
 
 With ``moe.resident_experts=K`` no MoE layer holds its experts: each gets a
 :class:`~nmt.models.moe.buffer.BufferedExperts` fed by a slow tier. For an export the expert
-tensors (``*.experts.{w1,b1,w2,b2}``) are never read into memory: they stay in
+tensors (``*.experts.{w1,b1,w2,b2}``) are never read into memory on a CPU: they stay in
 ``model.safetensors`` and one expert's slice is read per load. For a .pt/.dcp checkpoint the
-whole state is in memory anyway: the tier is those tensors (pinned CPU memory when the model
-runs on a GPU; that path is untested here). The model is built with experts of hidden width 1
+whole state is in memory anyway: the tier is those tensors. On a GPU the tier is every expert in
+pinned CPU memory (export or not) and a load is a host→device copy: that path is untested here
+(no GPU). The model is built with experts of hidden width 1
 (placeholders, replaced at once), so building it allocates no expert memory either.
 """
 
@@ -44,8 +45,10 @@ def _tiers(ckpt: Any, kind: str, where: Path, device: torch.device) -> dict[str,
         from safetensors import safe_open
 
         with safe_open(str(where / WEIGHTS), framework="pt", device="cpu") as f:
-            prefixes = {k[: -len("w1")] for k in f.keys() if k.endswith(".experts.w1")}
-        return {pre: SafetensorsTier(where / WEIGHTS, pre, device) for pre in sorted(prefixes)}
+            prefixes = sorted({k[: -len("w1")] for k in f.keys() if k.endswith(".experts.w1")})
+            if device.type == "cuda":  # the paper's setting: every expert in pinned CPU memory, K on the GPU
+                return {pre: TensorTier({p: f.get_tensor(pre + p) for p in PARAMS}, device) for pre in prefixes}
+        return {pre: SafetensorsTier(where / WEIGHTS, pre, device) for pre in prefixes}
     prefixes = {k[: -len("w1")] for k in ckpt.state if k.endswith(".experts.w1")}
     return {pre: TensorTier({p: ckpt.state.pop(pre + p) for p in PARAMS}, device) for pre in sorted(prefixes)}
 
