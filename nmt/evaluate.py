@@ -21,6 +21,7 @@ Keys:
                               all: every ordered pair; or [eng_Latn-fra_Latn,...] / "a-b,c-d"
   out_dir=DIR                 default <dir of ckpt>/../eval/<split>, or <hyp_dir>/eval
   beam=4 lenpen=1.0 batch_size=64 max_len_a=1.2 max_len_b=10 device=auto   (ckpt mode)
+  backend=torch               torch, or ct2: ckpt is a CTranslate2 export (nmt.export --format ct2)
   spm_flores200=PATH          local Flores-200 SentencePiece model: adds spBLEU (never downloads)
   baselines.corpus=DIR        also score copy and nearest-training-segment baselines
   max_lines=N                 score only the first N lines of every direction (quick checks)
@@ -36,18 +37,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from tqdm import tqdm
 
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
-from nmt.fileio import atomic_write
 from nmt.eval import flores
 from nmt.eval.baselines import RetrievalBaseline, copy_baseline
 from nmt.eval.flores import read_text_lines
 from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
+from nmt.fileio import atomic_write
+from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import ENGLISH, parse_direction
 
 HYP_SUFFIX = ".hyp"
@@ -55,32 +57,33 @@ HYP_SUFFIX = ".hyp"
 
 @dataclass
 class FloresConfig:
-    dir: Optional[str] = None
+    dir: str | None = None
 
 
 @dataclass
 class BaselinesConfig:
-    corpus: Optional[str] = None
+    corpus: str | None = None
 
 
 @dataclass
 class EvalConfig:
-    ckpt: Optional[str] = None
-    hyp_dir: Optional[str] = None
+    ckpt: str | None = None
+    hyp_dir: str | None = None
     flores: FloresConfig = field(default_factory=FloresConfig)
     split: str = "devtest"
     directions: Any = "auto"
-    out_dir: Optional[str] = None
+    out_dir: str | None = None
     beam: int = 4
     lenpen: float = 1.0
     batch_size: int = 64
     max_len_a: float = 1.2
     max_len_b: int = 10
     device: str = "auto"
-    spm_flores200: Optional[str] = None
+    spm_flores200: str | None = None
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
-    max_lines: Optional[int] = None
+    max_lines: int | None = None
     overwrite: bool = False
+    backend: str = "torch"  # torch | ct2
 
     def validate(self) -> None:
         if (self.ckpt is None) == (self.hyp_dir is None):
@@ -95,6 +98,7 @@ class EvalConfig:
         for key in ("beam", "batch_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)} must be at least 1")
+        check_backend(self.backend)
         if self.max_lines is not None and self.max_lines < 1:
             raise UserError(f"max_lines={self.max_lines} must be at least 1 (or leave it unset)")
 
@@ -193,14 +197,12 @@ def _translator(cfg: EvalConfig):
     if not Path(cfg.ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
         raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=): pass a .pt checkpoint, a .dcp "
                         f"checkpoint directory or an export directory (python -m nmt.export)")
-    from nmt.inference import Translator
-
     device = cfg.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Translator.from_checkpoint(cfg.ckpt, device=device)
+    return load_translator(cfg.backend, cfg.ckpt, device)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -277,7 +279,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
     if cfg.ckpt:
         extra["decoding"] = {"beam": cfg.beam, "lenpen": cfg.lenpen, "max_len_a": cfg.max_len_a,
-                             "max_len_b": cfg.max_len_b}
+                             "max_len_b": cfg.max_len_b, "backend": cfg.backend}
     if scorer.spm_info:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:

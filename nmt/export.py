@@ -28,7 +28,7 @@ from nmt import __version__
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_dir, sha256_file
 
-USAGE = "python -m nmt.export CKPT OUT_DIR [--overwrite]"
+USAGE = "python -m nmt.export CKPT OUT_DIR [--overwrite] [--format ct2 [--quantization Q]]"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ckpt", metavar="CKPT", help="a .pt checkpoint or a .dcp checkpoint directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the export directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT_DIR")
+    p.add_argument("--format", default="nmt", choices=("nmt", "ct2"),
+                   help="nmt: the inference export below; ct2: a CTranslate2 directory (nmt/interop/ct2.py)")
+    p.add_argument("--quantization", default=None, help="ct2 only: none, int8, int8_float32 or float16")
     return p
 
 
@@ -82,8 +85,15 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     import torch
     from safetensors.torch import save_file
 
-    from nmt.inference import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS, checkpoint_kind,
-                               load_inference_checkpoint)
+    from nmt.inference import (
+        CONFIG,
+        EXPORT_FORMAT,
+        EXPORT_VERSION,
+        SPM,
+        WEIGHTS,
+        checkpoint_kind,
+        load_inference_checkpoint,
+    )
 
     src, out = Path(ckpt), Path(out_dir)
     check_out_dir(out, src, overwrite)  # before the (possibly long) load
@@ -155,6 +165,13 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.format == "ct2":
+        from nmt.interop.ct2 import export_ct2
+
+        export_ct2(args.ckpt, args.out_dir, quantization=args.quantization, overwrite=args.overwrite)
+        return
+    if args.quantization is not None:
+        raise UserError(f"--quantization applies to --format ct2 only; usage: {USAGE}")
     export(args.ckpt, args.out_dir, overwrite=args.overwrite)
 
 

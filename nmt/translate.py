@@ -4,7 +4,8 @@ Exactly one output line per input line (an empty input line gives an empty outpu
 ``ckpt`` is a training checkpoint (``<run>/checkpoints/best.pt`` or ``best.dcp/``) or an export
 directory written by ``python -m nmt.export`` (see docs/export.md).
 Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) instead of stdout,
-``beam``, ``lenpen``, ``batch_size``, ``device``.
+``beam``, ``lenpen``, ``batch_size``, ``device``, ``backend`` (``torch``, or ``ct2`` for a
+CTranslate2 export written by ``python -m nmt.export CKPT OUT --format ct2``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_write
+from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import normalize_lang
 
 
@@ -31,6 +33,7 @@ class TranslateArgs:
     batch_size: int = 0  # 0: the checkpoint's eval.batch_size
     device: str = "cpu"  # cpu | cuda | auto
     overwrite: bool = False  # replace an existing output=FILE
+    backend: str = "torch"  # torch | ct2 (ckpt is then a CTranslate2 export directory)
 
     def validate(self) -> None:
         for key in ("ckpt", "src_lang", "tgt_lang"):
@@ -43,6 +46,7 @@ class TranslateArgs:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
+        check_backend(self.backend)
         if self.output:
             out = Path(self.output)
             if out.is_dir():
@@ -78,9 +82,7 @@ def _read_file(path: str) -> bytes:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_overrides(TranslateArgs, sys.argv[1:] if argv is None else argv)
-    from nmt.inference import Translator
-
-    translator = Translator.from_checkpoint(args.ckpt, device=args.device)
+    translator = load_translator(args.backend, args.ckpt, args.device)
     lines = read_lines(args.input)
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,

@@ -1,0 +1,1 @@
+"""Interoperability with other toolkits: Transformers and CTranslate2 exports and backends."""
