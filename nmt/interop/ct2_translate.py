@@ -13,13 +13,15 @@ CTranslate2 allows (checked in ``translate_batch`` of CTranslate2 4.x, ``src/dec
 - maximum length: ``max_decoding_length`` counts the tag, so our ``max_len`` (generated
   tokens including ``</s>``) is passed as is: at most ``max_len - 1`` tokens, like ours. It is
   one value per call, so sentences are grouped by their ``max_len``;
-- banned tokens (``<s>``, ``<pad>``, ``<mask>``, language codes, nmt's tags) via
-  ``suppress_sequences``.
+- banned tokens (``<s>``, ``<pad>``, ``<mask>``, language codes, nmt's tags): we ban them
+  after the softmax, CTranslate2's ``suppress_sequences`` before it (their probability would
+  go to the other tokens and change every score). So the search runs without it, and only
+  a sentence whose best hypothesis holds a banned token is searched again with it (with a
+  trained model: never).
 
 Where it cannot match (rare with a trained model; tests/test_ct2.py measures it):
 - at the limit we force ``</s>`` (its log-probability enters the score); CTranslate2 cuts the
   hypothesis without it;
-- CTranslate2 bans tokens before the softmax (their probability goes to the others), ours after;
 - at the first free step CTranslate2 drops ``</s>`` from every beam but the best, so it never
   returns an empty translation from a lower-ranked beam; ours can;
 - when more than ``beam`` hypotheses end at the same step we keep the best-ranked candidates,
@@ -89,7 +91,8 @@ class Ct2Translator:
             raise UserError(f"CTranslate2 cannot load {self.dir} on device={device} ({str(e)[:200]}); "
                             f"convert the model again or choose another device") from None
         self._suppress = [[t] for t in self.meta["suppress_tokens"]]
-        self._drop = set(self.meta["suppress_tokens"]) | {EOS}
+        self._banned = set(self.meta["suppress_tokens"])
+        self._drop = self._banned | {EOS}
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu") -> Ct2Translator:
@@ -138,18 +141,30 @@ class Ct2Translator:
         limit = int(self.meta["max_source_positions"])
         max_len = {i: max_target_len(len(s), a, b, limit) for i, s in sources.items()}
         out: list[tuple[list[str], float]] = [([], 0.0) for _ in lines]
+        search = {"beam": beam_size or d.beam, "lenpen": lenpen, "batch_size": batch_size or d.batch_size,
+                  "tgt": tgt_tok}
         for n, group in itertools.groupby(sorted(todo, key=lambda i: (max_len[i], i)), key=lambda i: max_len[i]):
             idx = list(group)
-            beam = beam_size or d.beam
-            results = self.model.translate_batch(
-                [sources[i] for i in idx], target_prefix=[[tgt_tok]] * len(idx), beam_size=beam,
-                num_hypotheses=beam, return_scores=True, length_penalty=max(lenpen, _NO_EARLY_EXIT),
-                max_decoding_length=n, min_decoding_length=0, max_input_length=0,
-                suppress_sequences=self._suppress, max_batch_size=batch_size or d.batch_size)
-            for i, r in zip(idx, results):
-                out[i] = max((_ours(h, s, tgt_tok, n, lenpen) for h, s in zip(r.hypotheses, r.scores)),
-                             key=lambda x: x[1])
+            best = self._search([sources[i] for i in idx], n, suppress=False, **search)
+            redo = [k for k, (hyp, _) in enumerate(best) if self._banned.intersection(hyp)]
+            if redo:  # rare: a banned token won; search these again with the tokens suppressed
+                again = self._search([sources[idx[k]] for k in redo], n, suppress=True, **search)
+                for k, r in zip(redo, again):
+                    best[k] = r
+            for i, r in zip(idx, best):
+                out[i] = r
         return out
+
+    def _search(self, sources: list[list[str]], max_len: int, *, beam: int, lenpen: float, batch_size: int,
+                tgt: str, suppress: bool) -> list[tuple[list[str], float]]:
+        """The best hypothesis of each source under our length normalisation (see the module doc)."""
+        results = self.model.translate_batch(
+            sources, target_prefix=[[tgt]] * len(sources), beam_size=beam, num_hypotheses=beam,
+            return_scores=True, length_penalty=max(lenpen, _NO_EARLY_EXIT), max_decoding_length=max_len,
+            min_decoding_length=0, max_input_length=0, max_batch_size=batch_size,
+            suppress_sequences=self._suppress if suppress else None)
+        return [max((_ours(h, s, tgt, max_len, lenpen) for h, s in zip(r.hypotheses, r.scores)), key=lambda x: x[1])
+                for r in results]
 
     def translate(
         self,
