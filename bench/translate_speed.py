@@ -15,6 +15,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     t_begin, load_before, cpu = time.perf_counter(), os.getloadavg(), cpu_info()
     log(f"cpu: {cpu}, threads {args.threads}, load average {load_before}")
     models: dict = {}
-    with tempfile.TemporaryDirectory(prefix="translate_speed-") as tmp:
+    # train_spm and the exporters print progress on stdout: stdout is for the one JSON line
+    with tempfile.TemporaryDirectory(prefix="translate_speed-") as tmp, contextlib.redirect_stdout(sys.stderr):
         if args.run is not None:
             ckpt, lines, src, tgt = demo_inputs(args.run, args.sentences)
             models["demo"] = bench_model("demo", ckpt, lines, src, tgt, args, Path(tmp) / "demo", cpu)

@@ -194,3 +194,19 @@ def test_convert_refuses_non_m2m100_and_existing_output(random_export, tmp_path)
         convert_hf_dir(random_export[0], random_export[1])
     with pytest.raises(UserError, match="not an earlier ct2 export"):
         convert_hf_dir(random_export[0], bad, overwrite=True)
+
+
+def test_a_banned_token_that_wins_is_searched_again_with_it_suppressed(random_export):
+    """The search runs without suppress_sequences (ours bans after the softmax); a sentence whose
+    best hypothesis holds a banned token is searched again with the tokens suppressed."""
+    from nmt.interop.ct2_translate import Ct2Translator
+
+    tr = Ct2Translator(random_export[1])
+    lines = _lines(8, 14)
+    first = [h for h, _ in tr.translate_scored(lines, "eng_Latn", "fra_Latn", beam_size=4)]
+    frequent = max({t for h in first for t in h}, key=lambda t: sum(h.count(t) for h in first))
+    tr._banned.add(frequent)  # as if the export had banned it
+    tr._suppress.append([frequent])
+    again = [h for h, _ in tr.translate_scored(lines, "eng_Latn", "fra_Latn", beam_size=4)]
+    assert any(frequent in h for h in first) and all(frequent not in h for h in again)
+    assert all(a == f for f, a in zip(first, again) if frequent not in f)  # the other lines are not searched again
