@@ -129,8 +129,9 @@ def bench_model(name: str, ckpt: Path, lines: list[str], src: str, tgt: str, arg
     log(f"[{name}] exporting {ckpt}")
     paths = {"ours_fp32": ckpt, "ours_bf16": ckpt, **exports(ckpt, root)}
     (root / "lines.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    base = {"lines": str(root / "lines.txt"), "src": src, "tgt": tgt, "beam": args.beam, "batch_size": args.batch_size,
-            "threads": args.threads, "max_len_a": 1.2, "max_len_b": 10, "spm": str(root / "hf" / "sentencepiece.bpe.model")}
+    base = {"lines": str(root / "lines.txt"), "src": src, "tgt": tgt, "beam": args.beam,
+            "batch_size": args.batch_size, "threads": args.threads, "max_len_a": 1.2, "max_len_b": 10,
+            "spm": str(root / "hf" / "sentencepiece.bpe.model")}
     results: dict = {}
     for system in args.systems:
         if system == "ours_bf16" and not ({"avx512_bf16", "amx_bf16"} & set(cpu.get("bf16_hardware") or [])):
@@ -138,7 +139,10 @@ def bench_model(name: str, ckpt: Path, lines: list[str], src: str, tgt: str, arg
             continue
         results[system] = run_system({**base, "system": system, "path": str(paths[system])})
     speed = {s: r.get("sentences_per_s") for s, r in results.items()}
-    ratio = lambda a, b: speed[a] / speed[b] if speed.get(a) and speed.get(b) else None
+
+    def ratio(a: str, b: str) -> float | None:
+        return speed[a] / speed[b] if speed.get(a) and speed.get(b) else None
+
     return {"checkpoint": str(ckpt), "direction": f"{src}-{tgt}", "sentences": len(lines), "results": results,
             "ratios": {"ours_over_transformers": ratio("ours_fp32", "transformers"),
                        "ct2_int8_over_ours": ratio("ct2_int8", "ours_fp32"),

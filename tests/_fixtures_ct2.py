@@ -63,7 +63,8 @@ def random_m2m100_dir(out: Path, spm_model: Path, seed: int = 0) -> Path:
     tok = nllb_tokenizer_dir(spm_model, out)
     cfg = M2M100Config(vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2,
                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                       decoder_ffn_dim=128, max_position_embeddings=128, scale_embedding=True, init_std=0.3, tie_word_embeddings=False,
+                       decoder_ffn_dim=128, max_position_embeddings=128, scale_embedding=True, init_std=0.3,
+                       tie_word_embeddings=False,
                        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
     torch.manual_seed(seed)
     model = M2M100ForConditionalGeneration(cfg).eval()

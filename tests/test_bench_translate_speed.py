@@ -4,6 +4,7 @@ import importlib.util
 import json
 
 import pytest
+
 from conftest import run_module
 
 SYSTEM_KEYS = {"sentences_per_s", "tokens_per_s", "peak_rss_gib", "seconds", "output_tokens", "load_s"}

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from _fixtures_ct2 import CODES, random_m2m100_dir, train_plain_spm
 from conftest import dict_sentences, render, run_module
 
@@ -106,8 +107,9 @@ def test_random_model_ct2_length_normalisation_is_ours(random_export):
     tr = Ct2Translator(ct2)
     lines = _lines(12, 11)
     checked = 0
-    for line, (hyp, score) in zip(lines, tr.translate_scored(lines, "eng_Latn", "fra_Latn", beam_size=4,
-                                                               len_penalty=1.0, max_len_a=0.0, max_len_b=N_MAX)):
+    scored = tr.translate_scored(lines, "eng_Latn", "fra_Latn", beam_size=4, len_penalty=1.0, max_len_a=0.0,
+                                 max_len_b=N_MAX)
+    for line, (hyp, score) in zip(lines, scored, strict=True):
         if len(hyp) >= N_MAX - 1:
             continue  # cut at the limit: no </s> to score
         src = torch.tensor([tok.convert_tokens_to_ids(tr.source_tokens(line, "eng_Latn"))])
@@ -209,4 +211,4 @@ def test_a_banned_token_that_wins_is_searched_again_with_it_suppressed(random_ex
     tr._suppress.append([frequent])
     again = [h for h, _ in tr.translate_scored(lines, "eng_Latn", "fra_Latn", beam_size=4)]
     assert any(frequent in h for h in first) and all(frequent not in h for h in again)
-    assert all(a == f for f, a in zip(first, again) if frequent not in f)  # the other lines are not searched again
+    assert all(a == f for f, a in zip(first, again, strict=True) if frequent not in f)  # the others: not searched again

@@ -23,10 +23,12 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+
 from conftest import run_module, train_smoke
 
 pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None or importlib.util.find_spec("transformers") is None,
+    pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None
+                       or importlib.util.find_spec("transformers") is None,
                        reason="ctranslate2 and transformers (the 'dev' extra) are not installed"),
     pytest.mark.skipif(importlib.util.find_spec("nmt.interop.hf_export") is None,
                        reason="nmt.interop.hf_export (nmt.export --format hf, branch wt-hf) is not merged yet"),
@@ -109,7 +111,7 @@ def test_ct2_float32_gives_our_beam4_translations(trained_run, prepared_corpus, 
                                                          max_len_a=1.2, max_len_b=10)]
         got = ct2.translate(lines, src, tgt, beam_size=4, len_penalty=1.0, max_len_a=1.2, max_len_b=10)
         total += len(lines)
-        for i, (w, g) in enumerate(zip(want, got)):
+        for i, (w, g) in enumerate(zip(want, got, strict=True)):
             if w == g:
                 continue
             limit = max_target_len(len(ct2.source_tokens(lines[i], src)), 1.2, 10, ours.model.cfg.max_positions)

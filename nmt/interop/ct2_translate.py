@@ -137,7 +137,7 @@ class Ct2Translator:
         src_tok, tgt_tok = self.lang_token(src_lang, "src_lang"), self.lang_token(tgt_lang, "tgt_lang")
         todo = [i for i, line in enumerate(lines) if line.strip()]
         encoded = self.tokenizer.encode_batch([lines[i].strip() for i in todo])
-        sources = dict(zip(todo, self._source(encoded, src_tok)))
+        sources = dict(zip(todo, self._source(encoded, src_tok), strict=True))
         limit = int(self.meta["max_source_positions"])
         max_len = {i: max_target_len(len(s), a, b, limit) for i, s in sources.items()}
         out: list[tuple[list[str], float]] = [([], 0.0) for _ in lines]
@@ -149,9 +149,9 @@ class Ct2Translator:
             redo = [k for k, (hyp, _) in enumerate(best) if self._banned.intersection(hyp)]
             if redo:  # rare: a banned token won; search these again with the tokens suppressed
                 again = self._search([sources[idx[k]] for k in redo], n, suppress=True, **search)
-                for k, r in zip(redo, again):
+                for k, r in zip(redo, again, strict=True):
                     best[k] = r
-            for i, r in zip(idx, best):
+            for i, r in zip(idx, best, strict=True):
                 out[i] = r
         return out
 
@@ -163,8 +163,8 @@ class Ct2Translator:
             return_scores=True, length_penalty=max(lenpen, _NO_EARLY_EXIT), max_decoding_length=max_len,
             min_decoding_length=0, max_input_length=0, max_batch_size=batch_size,
             suppress_sequences=self._suppress if suppress else None)
-        return [max((_ours(h, s, tgt, max_len, lenpen) for h, s in zip(r.hypotheses, r.scores)), key=lambda x: x[1])
-                for r in results]
+        return [max((_ours(h, s, tgt, max_len, lenpen) for h, s in zip(r.hypotheses, r.scores, strict=True)),
+                    key=lambda x: x[1]) for r in results]
 
     def translate(
         self,
