@@ -67,11 +67,11 @@ def _transformers(spec: dict) -> Callable[[list[str]], list[str]]:
     tok = AutoTokenizer.from_pretrained(str(hf))
     model = M2M100ForConditionalGeneration.from_pretrained(str(hf)).eval()
     pieces = Tokenizer(hf / "sentencepiece.bpe.model")
-    src_id, tgt_id = tok.convert_tokens_to_ids([spec["src"], spec["tgt"]])
+    src_id, tgt_id = tok.convert_tokens_to_ids([spec["src"], spec["tgt"]])  # type: ignore[misc]  # HF: int | list[int]
     limit = model.config.max_position_embeddings
 
     def run(lines: list[str]) -> list[str]:
-        enc = [[src_id, *tok.convert_tokens_to_ids([pieces.id_to_piece(i) for i in ids][: limit - 2]),
+        enc = [[src_id, *tok.convert_tokens_to_ids([pieces.id_to_piece(i) for i in ids][: limit - 2]),  # type: ignore[misc]
                 tok.eos_token_id] for ids in pieces.encode_batch(lines)]
         order = sorted(range(len(lines)), key=lambda i: len(enc[i]))
         out = [""] * len(lines)
@@ -86,7 +86,7 @@ def _transformers(spec: dict) -> Callable[[list[str]], list[str]]:
                 gen = model.generate(ids, attention_mask=ids.ne(tok.pad_token_id), num_beams=spec["beam"],
                                      forced_bos_token_id=tgt_id, max_new_tokens=new, length_penalty=1.0)
             for r, i in enumerate(chunk):
-                out[i] = tok.decode(gen[r], skip_special_tokens=True).strip()
+                out[i] = tok.decode(gen[r], skip_special_tokens=True).strip()  # type: ignore[union-attr]
         return out
     return run
 

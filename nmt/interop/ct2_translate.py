@@ -141,8 +141,8 @@ class Ct2Translator:
         limit = int(self.meta["max_source_positions"])
         max_len = {i: max_target_len(len(s), a, b, limit) for i, s in sources.items()}
         out: list[tuple[list[str], float]] = [([], 0.0) for _ in lines]
-        search = {"beam": beam_size or d.beam, "lenpen": lenpen, "batch_size": batch_size or d.batch_size,
-                  "tgt": tgt_tok}
+        search: dict[str, Any] = {"beam": beam_size or d.beam, "lenpen": lenpen,
+                                  "batch_size": batch_size or d.batch_size, "tgt": tgt_tok}
         for n, group in itertools.groupby(sorted(todo, key=lambda i: (max_len[i], i)), key=lambda i: max_len[i]):
             idx = list(group)
             best = self._search([sources[i] for i in idx], n, suppress=False, **search)
