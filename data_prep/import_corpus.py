@@ -15,9 +15,9 @@ to Flores-200 codes) is copied verbatim to ``flores/{dev,devtest}/`` in the Flor
 with ``flores/testset.json`` recording the release and version (one release per corpus), and
 also written as ``valid`` (dev) and ``test`` (devtest) bitext between ``--pivot`` and every
 other language; it is not filtered, so that it stays line-aligned. Without ``--append`` a new
-corpus is created (an existing one is
-replaced only with ``--overwrite``); with ``--append`` pairs are added to an existing corpus and
-its manifest is updated (a pair already there is replaced only with ``--overwrite``).
+corpus is created (an existing one is replaced only with ``--overwrite``); with ``--append``
+pairs are added to an existing corpus and its manifest is updated (a pair already there is
+replaced only with ``--overwrite``).
 """
 
 from __future__ import annotations
