@@ -1,4 +1,7 @@
-"""``python -m nmt.export CKPT OUT_DIR [--overwrite]``: a training checkpoint → an inference export.
+"""``python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]``: a checkpoint → an export.
+
+``--format hf`` writes a Transformers M2M100 directory instead (nmt/interop/hf_export.py,
+docs/interop.md); what follows describes the default ``--format nmt``.
 
 CKPT is a single-file checkpoint (``<run>/checkpoints/best.pt``) or a sharded one
 (``<run>/checkpoints/best.dcp/``, written at any world size). OUT_DIR receives:
@@ -25,10 +28,13 @@ import sys
 from pathlib import Path
 
 from nmt import __version__
+from nmt.config import saved_model_config
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_dir, sha256_file
 
-USAGE = "python -m nmt.export CKPT OUT_DIR [--overwrite]"
+USAGE = "python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]"
+# --format value -> "module:function" with the signature fn(ckpt, out_dir, overwrite=False) -> dict
+FORMATS = {"nmt": "nmt.export:export", "hf": "nmt.interop.hf_export:export_hf"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,12 +47,15 @@ def _parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", metavar="CKPT", help="a .pt checkpoint or a .dcp checkpoint directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the export directory to write")
+    p.add_argument("--format", choices=sorted(FORMATS), default="nmt",
+                   help="nmt: nmt's own export (default); hf: Transformers M2M100 + NLLB tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT_DIR")
     return p
 
 
-def check_out_dir(out: Path, src: Path, overwrite: bool) -> None:
-    """Refuse an OUT_DIR that holds anything but an earlier export (or anything without --overwrite)."""
+def check_out_dir(out: Path, src: Path, overwrite: bool, is_earlier=None) -> None:
+    """Refuse an OUT_DIR that holds anything but an earlier export (or anything without --overwrite);
+    ``is_earlier(out)`` says whether OUT_DIR is an earlier export of the format (default: nmt's)."""
     from nmt.inference import CONFIG, EXPORT_FORMAT
 
     src_abs, out_abs = src.resolve(), out.resolve()
@@ -60,13 +69,17 @@ def check_out_dir(out: Path, src: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"OUT_DIR {out} already exists; pass --overwrite to replace it, or choose another directory")
-    try:
-        is_export = json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_export = False
+    if is_earlier is not None:
+        is_export = is_earlier(out)
+    else:
+        try:
+            is_export = json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+        except (OSError, ValueError, AttributeError):
+            is_export = False
     if not is_export:
-        raise UserError(f"OUT_DIR {out} is not an earlier nmt export (no {CONFIG} of format {EXPORT_FORMAT}); "
-                        f"--overwrite replaces only an export: choose another (or an empty) directory")
+        what = "export of this format" if is_earlier else f"nmt export (no {CONFIG} of format {EXPORT_FORMAT})"
+        raise UserError(f"OUT_DIR {out} is not an earlier {what}; --overwrite replaces only an export: choose "
+                        f"another (or an empty) directory")
 
 
 def _human(n: int) -> str:
@@ -103,7 +116,7 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     del model
     n_params = sum(t.numel() for t in state.values())
     directions = list(ck.info.get("directions") or [])
-    model_cfg = ck.model_config
+    model_cfg = saved_model_config(ck.model_config)  # an old checkpoint's export records position_offset=0
     config = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
@@ -154,8 +167,11 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    import importlib
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    export(args.ckpt, args.out_dir, overwrite=args.overwrite)
+    module, fn = FORMATS[args.format].split(":")
+    getattr(importlib.import_module(module), fn)(args.ckpt, args.out_dir, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""``python -m nmt.export CKPT OUT --format hf``: a checkpoint → a Transformers M2M100 directory.
+
+OUT holds ``config.json``, ``generation_config.json``, ``model.safetensors`` (written by
+Transformers' own ``save_pretrained``), ``sentencepiece.bpe.model`` in the NLLB layout,
+``tokenizer.json`` and ``tokenizer_config.json``. ``AutoModelForSeq2SeqLM`` and
+``AutoTokenizer`` load it with no custom code; see docs/interop.md for the id layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from nmt.config import saved_model_config
+from nmt.errors import UserError
+from nmt.fileio import atomic_dir
+from nmt.interop.hf_tokenizer import write_hf_tokenizer
+from nmt.interop.state_map import ours_to_hf
+from nmt.interop.vocab_layout import make_layout, spm_to_fairseq
+from nmt.langs import FLORES200
+
+MARKER = "nmt_export"  # key in config.json that marks a directory this exporter wrote
+
+
+def _refuse_unmappable(cfg: dict, src: Path) -> None:
+    """One error naming the first option M2M100 cannot express."""
+    if cfg.get("position_offset") != 2:
+        raise UserError(f"{src} was trained with model.position_offset={cfg.get('position_offset')} (positions start "
+                        f"at table row 0, a checkpoint from before the option existed); M2M100 starts them at row 2, "
+                        f"so its outputs would differ: only models with position_offset=2 export to Transformers")
+    if (cfg.get("moe") or {}).get("experts"):
+        raise UserError(f"{src} is a Mixture-of-Experts model (model.moe.experts={cfg['moe']['experts']}); export "
+                        f"--format hf writes dense M2M100 models only (NllbMoe export is not implemented yet)")
+    if (cfg.get("adapters") or {}).get("kind", "none") != "none":
+        raise UserError(f"{src} has model.adapters.kind={cfg['adapters']['kind']}: M2M100 has no adapters")
+
+
+def hf_config(cfg: dict, vocab: int):
+    from transformers import M2M100Config
+
+    return M2M100Config(
+        vocab_size=vocab, d_model=cfg["d_model"], encoder_layers=cfg["encoder_layers"],
+        decoder_layers=cfg["decoder_layers"], encoder_attention_heads=cfg["heads"],
+        decoder_attention_heads=cfg["heads"], encoder_ffn_dim=cfg["ffn_dim"], decoder_ffn_dim=cfg["ffn_dim"],
+        activation_function=cfg["activation"], dropout=cfg["dropout"], attention_dropout=cfg["attention_dropout"],
+        activation_dropout=cfg["activation_dropout"], encoder_layerdrop=0.0, decoder_layerdrop=0.0,
+        max_position_embeddings=cfg["max_positions"], scale_embedding=cfg["scale_embedding"],
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, tie_word_embeddings=True)
+
+
+def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Write the Transformers (M2M100 + NLLB tokenizer) export of ``ckpt_path``; returns config.json."""
+    from transformers import GenerationConfig, M2M100ForConditionalGeneration
+
+    from nmt.export import check_out_dir
+    from nmt.inference import load_inference_checkpoint
+
+    src, out = Path(ckpt_path), Path(out_dir)
+    check_out_dir(out, src, overwrite, is_earlier=_is_earlier_hf_export)
+    ck = load_inference_checkpoint(src)
+    cfg = saved_model_config(ck.model_config)
+    _refuse_unmappable(cfg, src)
+    state = ck.build_model().state_dict()
+    hf_info = (ck.info.get("source") or {}).get("hf") or {}
+    codes = list(hf_info.get("codes") or FLORES200)
+    fs_spm, has_mask = spm_to_fairseq(ck.tokenizer.path.read_bytes(), str(ck.tokenizer.path))
+    layout = make_layout(ck.tokenizer.vocab_size, codes, has_mask)
+    emb = layout.to_fairseq_layout(state["embed.weight"].float())
+    if not has_mask:  # Transformers' NLLB tokenizer always has <mask>: a zero row, like our <pad> row
+        emb = torch.cat([emb, emb.new_zeros(1, emb.shape[1])])
+    state = {**state, "embed.weight": emb}
+    hf_state = ours_to_hf(state, cfg["encoder_layers"], cfg["decoder_layers"])
+    config = hf_config(cfg, emb.shape[0])
+    model = M2M100ForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(hf_state, strict=False)
+    missing = [k for k in missing if not k.endswith(("embed_tokens.weight", "lm_head.weight", "embed_positions.weights"))]
+    if missing or unexpected:  # a bug, not a user error: the map must cover the architecture
+        raise RuntimeError(f"M2M100 state mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    legacy = cfg.get("source_convention") == "legacy"
+    eval_cfg = ck.eval_config or {}
+    gen = GenerationConfig(decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+                           num_beams=int(eval_cfg.get("beam", 4)), length_penalty=float(eval_cfg.get("lenpen", 1.0)),
+                           max_length=cfg["max_positions"])
+    model.generation_config = gen
+    setattr(model.config, MARKER, {"source": str(src.resolve()), "codes": codes,
+                                     "source_convention": cfg.get("source_convention")})
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(str(tmp))
+        write_hf_tokenizer(tmp, fs_spm, codes, legacy)
+    print(f"wrote {out}/ (Transformers M2M100, {emb.shape[0]} ids, {len(codes)} language codes); load it with "
+          f"AutoModelForSeq2SeqLM.from_pretrained and generate with forced_bos_token_id=<target code id>", flush=True)
+    return json.loads((out / "config.json").read_text(encoding="utf-8"))
+
+
+def _is_earlier_hf_export(out: Path) -> bool:
+    try:
+        return MARKER in json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
