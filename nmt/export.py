@@ -93,10 +93,16 @@ def _human(n: int) -> str:
 def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Write the export of ``ckpt`` to ``out_dir``; returns its config.json object."""
     import torch
-    from safetensors.torch import save_file
 
-    from nmt.inference import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS, checkpoint_kind,
-                               load_inference_checkpoint)
+    from nmt.inference import (
+        CONFIG,
+        EXPORT_FORMAT,
+        EXPORT_VERSION,
+        SPM,
+        WEIGHTS,
+        checkpoint_kind,
+        load_inference_checkpoint,
+    )
 
     src, out = Path(ckpt), Path(out_dir)
     check_out_dir(out, src, overwrite)  # before the (possibly long) load
@@ -104,15 +110,7 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     print(f"loading {src} ({kind})", flush=True)
     ck = load_inference_checkpoint(src)
     model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
-    state: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int]] = set()
-    for name, t in model.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if key in seen:  # safetensors refuses tensors sharing memory: give a tied copy its own storage
-            t = t.clone()
-        seen.add(key)
-        state[name] = t
+    state: dict[str, torch.Tensor] = tensors_for_safetensors(model.state_dict())
     del model
     n_params = sum(t.numel() for t in state.values())
     directions = list(ck.info.get("directions") or [])
@@ -126,7 +124,8 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
         "vocab_size": ck.tokenizer.vocab_size,
         "eval": ck.eval_config,
         "directions": directions,
-        "languages": sorted({code for d in directions for code in str(d).split("-")}),
+        "languages": sorted({code for d in directions for code in str(d).split("-")})
+        or list(((ck.info.get("source") or {}).get("hf") or {}).get("codes") or []),  # an import: its codes
         "tokenizer": {"file": SPM, "sha256": ck.info["tokenizer_sha256"]},
         "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": n_params,
                     "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},
@@ -135,6 +134,35 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     }
     if ck.kind == "export":  # re-export: keep the original provenance
         config["source"] = {**(ck.info.get("source") or {}), "exported_from": str(src.resolve())}
+    write_export_dir(out, state, config, ck.tokenizer.path, what=f"checkpoint {src}")
+    total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
+    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
+          f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
+    print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
+          f"src_lang=... tgt_lang=...", flush=True)
+    return config
+
+
+def tensors_for_safetensors(state: dict) -> dict:
+    """Contiguous CPU tensors; a tied copy (shared memory, which safetensors refuses) gets its own storage."""
+    out, seen = {}, set()
+    for name, t in state.items():
+        t = t.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            t = t.clone()
+        seen.add(key)
+        out[name] = t
+    return out
+
+
+def write_export_dir(out: Path, state: dict, config: dict, spm_path: Path, what: str) -> None:
+    """Write ``model.safetensors``, ``spm.model`` (checked against ``config["tokenizer"]["sha256"]``)
+    and ``config.json`` (gets the weights' bytes and sha256) into a new OUT_DIR, atomically."""
+    from safetensors.torch import save_file
+
+    from nmt.inference import CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
+
     try:
         with atomic_dir(out, overwrite=True) as tmp:  # check_out_dir decided what may be replaced
             save_file(state, str(tmp / WEIGHTS), metadata={"format": EXPORT_FORMAT,
@@ -144,10 +172,10 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
             os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it 0600; the others follow the umask
             config["weights"]["bytes"] = (tmp / WEIGHTS).stat().st_size
             config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
-            shutil.copyfile(ck.tokenizer.path, tmp / SPM)
+            shutil.copyfile(spm_path, tmp / SPM)
             if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
-                raise UserError(f"{ck.tokenizer.path} changed while it was being copied (sha256 differs from "
-                                f"the checkpoint's); restore the run's spm.model and export again")
+                raise UserError(f"{spm_path} changed while it was being copied (sha256 differs from "
+                                f"the recorded one); restore the run's spm.model and export again")
             (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             for f in (WEIGHTS, SPM, CONFIG):
                 with open(tmp / f, "rb") as fh:
@@ -156,13 +184,7 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
         raise UserError(f"cannot write the export {out}: {e.strerror or e}; free disk space or choose another "
                         f"OUT_DIR (nothing was written there)") from None
     except TypeError as e:  # a config value JSON cannot hold
-        raise UserError(f"checkpoint {src} holds a config that cannot be written as JSON ({e})") from None
-    total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
-    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
-          f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
-    print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
-          f"src_lang=... tgt_lang=...", flush=True)
-    return config
+        raise UserError(f"{what} holds a config that cannot be written as JSON ({e})") from None
 
 
 @exit_on_user_error
