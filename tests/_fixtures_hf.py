@@ -51,10 +51,10 @@ def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, **overrides) -
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     tok, spm_path = build_nllb_tokenizer(root / "tok", legacy)
-    cfg = dict(vocab_size=len(tok) + EXTRA_ROWS, d_model=64, encoder_layers=2, decoder_layers=2,
-               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-               max_position_embeddings=128, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-               encoder_layerdrop=0.0, decoder_layerdrop=0.0, init_std=0.2)
+    cfg = {"vocab_size": len(tok) + EXTRA_ROWS, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+               "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+               "max_position_embeddings": 128, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+               "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "init_std": 0.2}
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = M2M100ForConditionalGeneration(M2M100Config(**cfg)).eval()
