@@ -131,7 +131,9 @@ def test_a_config_without_position_offset_loads_as_0_and_keeps_its_outputs(prepa
 
 def test_positions_match_m2m100_sinusoids():
     """Our table row p equals Transformers' M2M100 sinusoid for position p (rows past the pad row)."""
-    from transformers.models.m2m_100.modeling_m2m_100 import M2M100SinusoidalPositionalEmbedding
+    from transformers.models.m2m_100.modeling_m2m_100 import (
+        M2M100SinusoidalPositionalEmbedding,
+    )
 
     from nmt.models.transformer import sinusoidal_table
 
