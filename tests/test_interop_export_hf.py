@@ -77,4 +77,6 @@ def test_transformers_tokenizer_gives_our_ids(smoke_run, hf_export):
     for line in lines + LINES:
         want = [fid[i] for i in ck.tokenizer.encode(line)]
         assert hf_tok(line, add_special_tokens=False)["input_ids"] == want, line
-    assert hf_tok.convert_tokens_to_ids("eng_Latn") == fid[ck.tokenizer.lang_id("eng_Latn")]
+    eng = fid[ck.tokenizer.lang_id("eng_Latn")]
+    assert hf_tok.convert_tokens_to_ids("eng_Latn") == eng
+    assert hf_tok(LINES[0])["input_ids"] == [eng, *(fid[i] for i in ck.tokenizer.encode(LINES[0])), 2]

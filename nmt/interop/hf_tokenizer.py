@@ -42,7 +42,7 @@ def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bo
     with tempfile.TemporaryDirectory() as tmp:  # from_pretrained sees only the spm: no stale tokenizer.json
         (Path(tmp) / SPM_FILE).write_bytes(spm_bytes)
         tok = NllbTokenizer.from_pretrained(tmp, extra_special_tokens=list(codes), mask_token=None,
-                                            legacy_behaviour=legacy, src_lang=codes[0] if codes else None)
+                                            legacy_behaviour=legacy, src_lang=_default_src(codes))
     tok.add_special_tokens({"mask_token": "<mask>"})  # after the codes, as in NLLB's vocabulary
     if kind == "unigram":
         m = spm_pb2.ModelProto()
@@ -54,6 +54,10 @@ def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bo
     (out / SPM_FILE).write_bytes(spm_bytes)
     if kind == "unigram":
         _use_generic_class(out)
+
+
+def _default_src(codes: list[str]) -> str | None:
+    return "eng_Latn" if "eng_Latn" in codes else (codes[0] if codes else None)
 
 
 def _use_generic_class(out: Path) -> None:
