@@ -63,3 +63,24 @@ def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, **overrides) -
     tok.save_pretrained(str(out))
     (out / "sentencepiece.bpe.model").write_bytes(spm_path.read_bytes())
     return out
+
+
+def build_nllb_moe(root: Path, seed: int = 0) -> Path:
+    """A random NllbMoeForConditionalGeneration (d 64, 2+2 layers, 4 experts every 2nd layer,
+    no token dropout at eval) + NLLB tokenizer, saved in root/hf."""
+    from transformers import NllbMoeConfig, NllbMoeForConditionalGeneration
+
+    tok, spm_path = build_nllb_tokenizer(root / "tok")
+    cfg = NllbMoeConfig(vocab_size=len(tok) + EXTRA_ROWS, d_model=64, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                        decoder_ffn_dim=128, max_position_embeddings=128, num_experts=4, encoder_sparse_step=2,
+                        decoder_sparse_step=2, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                        moe_token_dropout=0.2, encoder_layerdrop=0.0, decoder_layerdrop=0.0, init_std=0.2,
+                        decoder_start_token_id=2)
+    torch.manual_seed(seed)
+    model = NllbMoeForConditionalGeneration(cfg).eval()
+    out = root / "hf"
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    (out / "sentencepiece.bpe.model").write_bytes(spm_path.read_bytes())
+    return out

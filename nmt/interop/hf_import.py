@@ -16,13 +16,18 @@ from pathlib import Path
 import torch
 
 from nmt import __version__
-from nmt.config import ModelConfig
+from nmt.config import ModelConfig, MoEConfig
 from nmt.errors import UserError
 from nmt.interop import hf_read
-from nmt.interop.state_map import hf_to_ours
+from nmt.interop.state_map import (
+    M2M100_NAMES,
+    NLLB_MOE_NAMES,
+    hf_to_ours,
+    moe_ffn_to_ours,
+)
 from nmt.interop.vocab_layout import make_layout, spm_to_internal
 
-ARCHITECTURES = {"m2m_100": "dense"}
+ARCHITECTURES = {"m2m_100": "dense", "nllb-moe": "moe"}
 # config.json keys whose value must be this for the computation to be ours (key -> (allowed, why))
 FIXED = {"pad_token_id": ((1,), "the fairseq layout has <pad> at 1"),
          "eos_token_id": ((2,), "the fairseq layout has </s> at 2"),
@@ -36,7 +41,7 @@ def _check_config(hf_cfg: dict, where: Path) -> str:
     if kind is None:
         arch = hf_cfg.get("architectures") or [hf_cfg.get("model_type")]
         raise UserError(f"{where}: model_type {hf_cfg.get('model_type')!r} ({arch[0]}) is not one nmt imports; "
-                        f"use an M2M100ForConditionalGeneration (NLLB-200 dense, M2M-100) checkpoint")
+                        f"use M2M100ForConditionalGeneration (NLLB-200 dense) or NllbMoeForConditionalGeneration")
     for key, (allowed, why) in FIXED.items():
         if hf_cfg.get(key) not in allowed:
             raise UserError(f"{where}: {key}={hf_cfg.get(key)!r} would change the computation ({why}); "
@@ -45,11 +50,37 @@ def _check_config(hf_cfg: dict, where: Path) -> str:
         if hf_cfg.get(a) != hf_cfg.get(b):
             raise UserError(f"{where}: {a}={hf_cfg.get(a)} differs from {b}={hf_cfg.get(b)}; nmt uses one value "
                             f"for encoder and decoder")
+    if kind == "moe":
+        _check_moe(hf_cfg, where)
     return kind
 
 
-def model_config(hf_cfg: dict, convention: str) -> dict:
-    """Our model config dict for a Transformers M2M100 config."""
+def _check_moe(hf_cfg: dict, where: Path) -> None:
+    if hf_cfg.get("router_bias"):
+        raise UserError(f"{where}: router_bias=true; nmt's router has no bias (NLLB-MoE's has none)")
+    if hf_cfg.get("second_expert_policy", "all") not in ("all", "sampling", "random"):
+        raise UserError(f"{where}: second_expert_policy={hf_cfg.get('second_expert_policy')!r} is unknown to nmt")
+    if hf_cfg.get("router_dtype", "float32") != "float32":
+        raise UserError(f"{where}: router_dtype={hf_cfg.get('router_dtype')!r}; nmt routes in float32")
+
+
+def moe_config(hf_cfg: dict) -> MoEConfig:
+    """``model.moe`` for an NllbMoe config. ``expert_capacity`` (a fixed training capacity) has no
+    counterpart: nmt's training capacity is ``capacity_factor`` (1.0 = fairseq's 2·ceil(S/E))."""
+    return MoEConfig(
+        experts=int(hf_cfg["num_experts"]), top_k=2, encoder_freq=int(hf_cfg.get("encoder_sparse_step", 0)),
+        decoder_freq=int(hf_cfg.get("decoder_sparse_step", 0)),
+        second_expert_policy=hf_cfg.get("second_expert_policy", "all"),
+        eval_capacity_token_fraction=float(hf_cfg.get("moe_eval_capacity_token_fraction", 1.0)),
+        batch_prioritized=bool(hf_cfg.get("batch_prioritized_routing", False)),
+        normalize_before_dropping=bool(hf_cfg.get("normalize_router_prob_before_dropping", False)),
+        eom=float(hf_cfg.get("moe_token_dropout", 0.0)),
+        balance_loss_weight=float(hf_cfg.get("router_aux_loss_coef", 0.01)),
+        z_loss_weight=float(hf_cfg.get("router_z_loss_coef", 0.0)))
+
+
+def model_config(hf_cfg: dict, convention: str, kind: str = "dense") -> dict:
+    """Our model config dict for a Transformers M2M100 / NllbMoe config."""
     cfg = ModelConfig(
         preset="hf-import", d_model=hf_cfg["d_model"], encoder_layers=hf_cfg["encoder_layers"],
         decoder_layers=hf_cfg["decoder_layers"], heads=hf_cfg["encoder_attention_heads"],
@@ -58,6 +89,8 @@ def model_config(hf_cfg: dict, convention: str) -> dict:
         activation_dropout=float(hf_cfg.get("activation_dropout", 0.0)),
         activation=hf_cfg.get("activation_function", "relu"), max_positions=int(hf_cfg["max_position_embeddings"]),
         scale_embedding=bool(hf_cfg.get("scale_embedding", True)), position_offset=2, source_convention=convention)
+    if kind == "moe":
+        cfg.moe = moe_config(hf_cfg)
     return dataclasses.asdict(cfg)
 
 
@@ -80,7 +113,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
         raise UserError(f"{src} is not a directory; pass a Transformers model directory (save_pretrained output)")
     check_out_dir(out, src, overwrite)
     hf_cfg = hf_read.read_json(src / "config.json")
-    _check_config(hf_cfg, src / "config.json")
+    kind = _check_config(hf_cfg, src / "config.json")
     spm_bytes = hf_read.read_spm(src)
     from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
@@ -100,10 +133,12 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     bias = hf_state.pop("final_logits_bias", None)
     if bias is not None and bool(bias.ne(0).any()):
         raise UserError(f"{src}: final_logits_bias is non-zero; nmt's output layer has no bias")
-    state = hf_to_ours(hf_state, hf_cfg["encoder_layers"], hf_cfg["decoder_layers"], str(src))
+    mcfg = model_config(hf_cfg, convention, kind)
+    ffn_map = moe_ffn_to_ours(mcfg["moe"]["encoder_freq"], mcfg["moe"]["decoder_freq"]) if kind == "moe" else None
+    state = hf_to_ours(hf_state, hf_cfg["encoder_layers"], hf_cfg["decoder_layers"], str(src), ffn_map,
+                       NLLB_MOE_NAMES if kind == "moe" else M2M100_NAMES)
     rows = _embedding_rows(state, layout.fairseq_size, src)
     state["embed.weight"] = layout.to_internal(state["embed.weight"][: layout.fairseq_size])
-    mcfg = model_config(hf_cfg, convention)
     from nmt.inference import _dataclass_from
 
     model = build_model(_dataclass_from(ModelConfig, mcfg), n_internal)

@@ -12,14 +12,28 @@ from torch import Tensor
 
 from nmt.errors import UserError
 
-# (ours, theirs) per layer, for tensors that map one to one (with .weight and .bias)
-_ENC = (("self_attn_ln", "self_attn_layer_norm"), ("self_attn.out_proj", "self_attn.out_proj"),
-        ("ffn_ln", "final_layer_norm"))
-_DEC = _ENC + (("cross_attn_ln", "encoder_attn_layer_norm"), ("cross_attn.q_proj", "encoder_attn.q_proj"),
-               ("cross_attn.out_proj", "encoder_attn.out_proj"))
-_FUSED = {"self_attn.qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")),
-          "cross_attn.kv_proj": ("encoder_attn", ("k_proj", "v_proj"))}
-DENSE_FFN = (("ffn.fc1", "fc1"), ("ffn.fc2", "fc2"))
+# Transformers' per-layer names: M2M100 (NLLB-200 dense) and NllbMoe differ only in these
+M2M100_NAMES = {"ffn_ln": "final_layer_norm", "cross": "encoder_attn", "cross_ln": "encoder_attn_layer_norm",
+                "fc": ""}
+NLLB_MOE_NAMES = {"ffn_ln": "ff_layer_norm", "cross": "cross_attention", "cross_ln": "cross_attention_layer_norm",
+                  "fc": "ffn."}
+
+
+def _pairs(side: str, n: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(ours, theirs) per layer, for tensors that map one to one (with .weight and .bias)."""
+    enc = (("self_attn_ln", "self_attn_layer_norm"), ("self_attn.out_proj", "self_attn.out_proj"),
+           ("ffn_ln", n["ffn_ln"]))
+    if side == "encoder":
+        return enc
+    return enc + (("cross_attn_ln", n["cross_ln"]), ("cross_attn.q_proj", f"{n['cross']}.q_proj"),
+                  ("cross_attn.out_proj", f"{n['cross']}.out_proj"))
+
+
+def _fused(side: str, n: dict[str, str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    out = {"self_attn.qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj"))}
+    if side == "decoder":
+        out["cross_attn.kv_proj"] = (n["cross"], ("k_proj", "v_proj"))
+    return out
 
 
 def _take(hf: dict[str, Tensor], key: str, where: str) -> Tensor:
@@ -29,24 +43,22 @@ def _take(hf: dict[str, Tensor], key: str, where: str) -> Tensor:
 
 
 def hf_to_ours(hf: dict[str, Tensor], enc_layers: int, dec_layers: int, where: str,
-               ffn_map=None) -> dict[str, Tensor]:
+               ffn_map=None, names: dict[str, str] = M2M100_NAMES) -> dict[str, Tensor]:
     """Our state dict (embedding still in fairseq row order, under ``embed.weight``) from
     Transformers' one; ``ffn_map(side, i, prefix_ours, prefix_theirs, hf)`` maps a layer's
     feed-forward slot (default: a dense FFN). Leftover tensors are an error naming them."""
     hf = dict(hf)
     out: dict[str, Tensor] = {}
-    for side, n, pairs in (("encoder", enc_layers, _ENC), ("decoder", dec_layers, _DEC)):
+    for side, n in (("encoder", enc_layers), ("decoder", dec_layers)):
         for i in range(n):
             ours, theirs = f"{side}_layers.{i}.", f"model.{side}.layers.{i}."
-            for a, b in pairs:
+            for a, b in _pairs(side, names):
                 for p in ("weight", "bias"):
                     out[f"{ours}{a}.{p}"] = _take(hf, f"{theirs}{b}.{p}", where)
-            for a, (mod, parts) in _FUSED.items():
-                if side == "encoder" and a.startswith("cross"):
-                    continue
+            for a, (mod, parts) in _fused(side, names).items():
                 for p in ("weight", "bias"):
                     out[f"{ours}{a}.{p}"] = torch.cat([_take(hf, f"{theirs}{mod}.{q}.{p}", where) for q in parts])
-            (ffn_map or dense_ffn_to_ours)(side, i, ours, theirs, hf, out, where)
+            (ffn_map or dense_ffn_to_ours)(side, i, ours, theirs + names["fc"], hf, out, where)
         for p in ("weight", "bias"):
             out[f"{side}_ln.{p}"] = _take(hf, f"model.{side}.layer_norm.{p}", where)
     out["embed.weight"] = _shared_embedding(hf, where)
@@ -61,9 +73,9 @@ def hf_to_ours(hf: dict[str, Tensor], enc_layers: int, dec_layers: int, where: s
 
 def dense_ffn_to_ours(side: str, i: int, ours: str, theirs: str, hf: dict[str, Tensor],
                       out: dict[str, Tensor], where: str) -> None:
-    for a, b in DENSE_FFN:
+    for fc in ("fc1", "fc2"):
         for p in ("weight", "bias"):
-            out[f"{ours}{a}.{p}"] = _take(hf, f"{theirs}{b}.{p}", where)
+            out[f"{ours}ffn.{fc}.{p}"] = _take(hf, f"{theirs}{fc}.{p}", where)
 
 
 def _shared_embedding(hf: dict[str, Tensor], where: str) -> Tensor:
@@ -81,23 +93,22 @@ def _shared_embedding(hf: dict[str, Tensor], where: str) -> Tensor:
     return shared
 
 
-def ours_to_hf(state: dict[str, Tensor], enc_layers: int, dec_layers: int, ffn_map=None) -> dict[str, Tensor]:
+def ours_to_hf(state: dict[str, Tensor], enc_layers: int, dec_layers: int, ffn_map=None,
+               names: dict[str, str] = M2M100_NAMES) -> dict[str, Tensor]:
     """Transformers' state dict from ours (embedding already in fairseq row order under
     ``embed.weight``); the inverse of :func:`hf_to_ours`. Tied copies are left to Transformers."""
     out: dict[str, Tensor] = {}
-    for side, n, pairs in (("encoder", enc_layers, _ENC), ("decoder", dec_layers, _DEC)):
+    for side, n in (("encoder", enc_layers), ("decoder", dec_layers)):
         for i in range(n):
             ours, theirs = f"{side}_layers.{i}.", f"model.{side}.layers.{i}."
-            for a, b in pairs:
+            for a, b in _pairs(side, names):
                 for p in ("weight", "bias"):
                     out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
-            for a, (mod, parts) in _FUSED.items():
-                if side == "encoder" and a.startswith("cross"):
-                    continue
+            for a, (mod, parts) in _fused(side, names).items():
                 for p in ("weight", "bias"):
                     for q, t in zip(parts, state[f"{ours}{a}.{p}"].chunk(len(parts))):
                         out[f"{theirs}{mod}.{q}.{p}"] = t.contiguous()
-            (ffn_map or dense_ffn_to_hf)(side, i, ours, theirs, state, out)
+            (ffn_map or dense_ffn_to_hf)(side, i, ours, theirs + names["fc"], state, out)
         for p in ("weight", "bias"):
             out[f"model.{side}.layer_norm.{p}"] = state[f"{side}_ln.{p}"]
     out["model.shared.weight"] = state["embed.weight"]
@@ -106,6 +117,26 @@ def ours_to_hf(state: dict[str, Tensor], enc_layers: int, dec_layers: int, ffn_m
 
 def dense_ffn_to_hf(side: str, i: int, ours: str, theirs: str, state: dict[str, Tensor],
                     out: dict[str, Tensor]) -> None:
-    for a, b in DENSE_FFN:
+    for fc in ("fc1", "fc2"):
         for p in ("weight", "bias"):
-            out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
+            out[f"{theirs}{fc}.{p}"] = state[f"{ours}ffn.{fc}.{p}"]
+
+
+def moe_ffn_to_ours(encoder_freq: int, decoder_freq: int):
+    """ffn_map for NllbMoe: layer i is sparse when ``(i + 1) % step == 0`` (as in both codes);
+    a sparse layer's router and experts become ``ffn.router.weight`` and ``ffn.experts.{w1,b1,w2,b2}``
+    (``[E, ...]``, ``w1[e]`` = ``fc1.weight.T``); the others are dense."""
+    def ffn_map(side, i, ours, theirs, hf, out, where):
+        freq = encoder_freq if side == "encoder" else decoder_freq
+        if not (freq and (i + 1) % freq == 0):
+            return dense_ffn_to_ours(side, i, ours, theirs, hf, out, where)
+        out[f"{ours}ffn.router.weight"] = _take(hf, f"{theirs}router.classifier.weight", where)
+        experts = sorted({k[len(theirs) + len("experts."):].split(".")[0] for k in hf
+                          if k.startswith(f"{theirs}experts.")}, key=lambda e: int(e.split("_")[1]))
+        grab = {n: [_take(hf, f"{theirs}experts.{e}.{n}", where) for e in experts]
+                for n in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")}
+        out[f"{ours}ffn.experts.w1"] = torch.stack([w.t() for w in grab["fc1.weight"]]).contiguous()
+        out[f"{ours}ffn.experts.b1"] = torch.stack(grab["fc1.bias"])
+        out[f"{ours}ffn.experts.w2"] = torch.stack([w.t() for w in grab["fc2.weight"]]).contiguous()
+        out[f"{ours}ffn.experts.b2"] = torch.stack(grab["fc2.bias"])
+    return ffn_map
