@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from nmt import __version__
 from nmt.config import saved_model_config
@@ -115,7 +116,7 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     n_params = sum(t.numel() for t in state.values())
     directions = list(ck.info.get("directions") or [])
     model_cfg = saved_model_config(ck.model_config)  # an old checkpoint's export records position_offset=0
-    config = {
+    config: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "nmt_version": __version__,

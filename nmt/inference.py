@@ -90,7 +90,8 @@ class InferenceCheckpoint:
 
     def build_model(self) -> Transformer:
         """The model with every expert on this process, weights loaded, in eval mode."""
-        model = build_model(_dataclass_from(ModelConfig, saved_model_config(self.model_config)), self.tokenizer.vocab_size)
+        cfg = _dataclass_from(ModelConfig, saved_model_config(self.model_config))  # old configs: position_offset 0
+        model = build_model(cfg, self.tokenizer.vocab_size)
         try:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
         except RuntimeError as e:  # shape mismatches

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
+
 from _fixtures_spm import sentences
 
 LANGS = ("eng_Latn", "fra_Latn", "deu_Latn", "rus_Cyrl")
@@ -52,7 +53,8 @@ def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, **overrides) -
 
     tok, spm_path = build_nllb_tokenizer(root / "tok", legacy)
     cfg = {"vocab_size": len(tok) + EXTRA_ROWS, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-               "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+               "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
+               "decoder_ffn_dim": 128,
                "max_position_embeddings": 128, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
                "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "init_std": 0.2}
     cfg.update(overrides)

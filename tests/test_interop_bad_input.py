@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _fixtures_hf import build_m2m100
 from safetensors.torch import load_file, save_file
 
+from _fixtures_hf import build_m2m100
 from nmt.config import ModelConfig, saved_model_config
 from nmt.export import main as export_main
 from nmt.import_hf import main as import_main

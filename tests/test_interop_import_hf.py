@@ -10,9 +10,9 @@ import json
 
 import pytest
 import torch
-from _fixtures_hf import build_m2m100, text_lines
 from safetensors.torch import load_file
 
+from _fixtures_hf import build_m2m100, text_lines
 from nmt.eval.search import beam_search
 from nmt.import_hf import main as import_main
 from nmt.inference import load_inference_checkpoint
@@ -108,7 +108,7 @@ def test_beam_search_gives_transformers_ids(imported):
     hyps = beam_search(ours, src, torch.full((len(lines),), ck.tokenizer.lang_id("fra_Latn")),
                        eos=ck.tokenizer.eos_id, beam=4, lenpen=0.0, max_len_a=0, max_len_b=limit, banned=banned)
     compared = 0
-    for row, hyp in zip(gen.tolist(), hyps):
+    for row, hyp in zip(gen.tolist(), hyps, strict=True):
         if len(hyp) >= limit - 1:
             continue
         assert row[:2] == [2, fra]

@@ -13,8 +13,8 @@ import json
 
 import pytest
 import torch
-from _fixtures_hf import build_nllb_moe, text_lines
 
+from _fixtures_hf import build_nllb_moe, text_lines
 from nmt.import_hf import main as import_main
 from nmt.inference import load_inference_checkpoint
 from nmt.interop.vocab_layout import make_layout
@@ -92,7 +92,8 @@ def test_transformers_5_24_runs_only_experts_0_and_1(moe):
     layout = make_layout(ck.tokenizer.vocab_size, cfg["source"]["hf"]["codes"], cfg["source"]["hf"]["mask"])
     enc, dec, *_ = _batch(tok, ck, layout)
     before = _hf_logits(model, enc, dec)
-    sparse = [m for m in model.modules() if isinstance(m, transformers.models.nllb_moe.modeling_nllb_moe.NllbMoeSparseMLP)]
+    sparse_cls = transformers.models.nllb_moe.modeling_nllb_moe.NllbMoeSparseMLP
+    sparse = [m for m in model.modules() if isinstance(m, sparse_cls)]
     saved = [(m.experts["expert_2"].fc2.weight.clone(), m.experts["expert_3"].fc2.weight.clone()) for m in sparse]
     with torch.no_grad():
         for m in sparse:
@@ -102,6 +103,6 @@ def test_transformers_5_24_runs_only_experts_0_and_1(moe):
         assert torch.equal(_hf_logits(model, enc, dec), before)  # experts 2 and 3 never ran
     finally:
         with torch.no_grad():
-            for m, (w2, w3) in zip(sparse, saved):
+            for m, (w2, w3) in zip(sparse, saved, strict=True):
                 m.experts["expert_2"].fc2.weight.copy_(w2)
                 m.experts["expert_3"].fc2.weight.copy_(w3)

@@ -75,7 +75,8 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
     config = hf_config(cfg, emb.shape[0])
     model = M2M100ForConditionalGeneration(config)
     missing, unexpected = model.load_state_dict(hf_state, strict=False)
-    missing = [k for k in missing if not k.endswith(("embed_tokens.weight", "lm_head.weight", "embed_positions.weights"))]
+    tied = ("embed_tokens.weight", "lm_head.weight", "embed_positions.weights")
+    missing = [k for k in missing if not k.endswith(tied)]
     if missing or unexpected:  # a bug, not a user error: the map must cover the architecture
         raise RuntimeError(f"M2M100 state mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.tie_weights()

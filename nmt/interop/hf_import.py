@@ -25,7 +25,7 @@ from nmt.interop.state_map import (
     hf_to_ours,
     moe_ffn_to_ours,
 )
-from nmt.interop.vocab_layout import make_layout, spm_to_internal
+from nmt.interop.vocab_layout import make_layout, spm_pb2, spm_to_internal
 
 ARCHITECTURES = {"m2m_100": "dense", "nllb-moe": "moe"}
 # config.json keys whose value must be this for the computation to be ours (key -> (allowed, why))
@@ -115,8 +115,6 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     hf_cfg = hf_read.read_json(src / "config.json")
     kind = _check_config(hf_cfg, src / "config.json")
     spm_bytes = hf_read.read_spm(src)
-    from sentencepiece import sentencepiece_model_pb2 as spm_pb2
-
     proto = spm_pb2.ModelProto()
     try:
         proto.ParseFromString(spm_bytes)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from sentencepiece import sentencepiece_model_pb2 as spm_pb2
-
 from nmt.errors import UserError
+from nmt.interop.vocab_layout import spm_pb2
 
 SPM_FILE = "sentencepiece.bpe.model"
 
@@ -47,7 +46,8 @@ def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bo
     if kind == "unigram":
         m = spm_pb2.ModelProto()
         m.ParseFromString(spm_bytes)
-        vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p.piece, p.score) for p in m.pieces[3:]]
+        vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+        vocab += [(p.piece, p.score) for p in m.pieces[3:]]
         tok._tokenizer.model = models.Unigram(vocab, 3, m.trainer_spec.byte_fallback)
     check_layout(tok, spm_bytes, codes)
     tok.save_pretrained(str(out))
@@ -77,7 +77,7 @@ def check_layout(tok, spm_bytes: bytes, codes: list[str]) -> None:
     want = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": n + len(codes)}
     want.update({p.piece: k + 1 for k, p in enumerate(m.pieces) if k >= 3})
     want.update({c: n + j for j, c in enumerate(codes)})
-    got = dict(zip(want, tok.convert_tokens_to_ids(list(want))))
+    got = dict(zip(want, tok.convert_tokens_to_ids(list(want)), strict=True))
     wrong = [t for t in want if got[t] != want[t]]
     if wrong or len(tok) != n + len(codes) + 1:
         raise UserError(f"Transformers built a tokenizer with another layout ({len(wrong)} ids differ, e.g. "

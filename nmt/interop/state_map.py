@@ -30,7 +30,7 @@ def _pairs(side: str, n: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def _fused(side: str, n: dict[str, str]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    out = {"self_attn.qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj"))}
+    out: dict[str, tuple[str, tuple[str, ...]]] = {"self_attn.qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj"))}
     if side == "decoder":
         out["cross_attn.kv_proj"] = (n["cross"], ("k_proj", "v_proj"))
     return out
@@ -65,8 +65,8 @@ def hf_to_ours(hf: dict[str, Tensor], enc_layers: int, dec_layers: int, where: s
     hf.pop("model.encoder.embed_positions.weights", None)  # sinusoidal: recomputed, never trained
     hf.pop("model.decoder.embed_positions.weights", None)
     if hf:
-        names = ", ".join(sorted(hf)[:4])
-        raise UserError(f"{where} holds {len(hf)} tensors this converter does not map ({names}); the checkpoint "
+        listed = ", ".join(sorted(hf)[:4])
+        raise UserError(f"{where} holds {len(hf)} tensors this converter does not map ({listed}); the checkpoint "
                         f"has parts (e.g. layernorm_embedding) that would change the computation")
     return out
 
@@ -106,7 +106,7 @@ def ours_to_hf(state: dict[str, Tensor], enc_layers: int, dec_layers: int, ffn_m
                     out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
             for a, (mod, parts) in _fused(side, names).items():
                 for p in ("weight", "bias"):
-                    for q, t in zip(parts, state[f"{ours}{a}.{p}"].chunk(len(parts))):
+                    for q, t in zip(parts, state[f"{ours}{a}.{p}"].chunk(len(parts)), strict=True):
                         out[f"{theirs}{mod}.{q}.{p}"] = t.contiguous()
             (ffn_map or dense_ffn_to_hf)(side, i, ours, theirs + names["fc"], state, out)
         for p in ("weight", "bias"):

@@ -13,14 +13,16 @@ fairseq side does not have, i.e. tags of languages it lacks). :meth:`Layout.to_i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+from sentencepiece import sentencepiece_model_pb2 as _spm_pb2
 
 from nmt.errors import UserError
 from nmt.langs import FLORES200, all_tag_tokens
 
-Piece = spm_pb2.ModelProto.SentencePiece
+spm_pb2: Any = _spm_pb2  # generated protobuf module (no type stubs)
+Piece: Any = spm_pb2.ModelProto.SentencePiece
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq ids 0..3
 OUR_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")  # our ids 0..3
 SPM_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0..2 of an NLLB sentencepiece.bpe.model
@@ -87,13 +89,13 @@ def make_layout(n_internal: int, codes: list[str], has_mask: bool) -> Layout:
     return Layout(tuple(fid), tuple(codes), has_mask)
 
 
-def _piece(text: str, kind: int, score: float = 0.0) -> Piece:
+def _piece(text: str, kind: int, score: float = 0.0) -> Any:
     p = Piece()
     p.piece, p.type, p.score = text, kind, score
     return p
 
 
-def _check_spm_specials(model: spm_pb2.ModelProto, want: tuple[str, ...], where: str) -> None:
+def _check_spm_specials(model: Any, want: tuple[str, ...], where: str) -> None:
     got = tuple(p.piece for p in model.pieces[: len(want)])
     if got != want:
         raise UserError(f"{where}: the SentencePiece model starts with {', '.join(got)} where "

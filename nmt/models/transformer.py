@@ -96,7 +96,7 @@ class Transformer(nn.Module):
     ``adapter_factory(side, layer)`` its output adapter (or None); ``hypernet`` (a
     :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
 
-    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2, D]
+    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2 + position_offset, D]
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
                  adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
