@@ -106,3 +106,27 @@ def test_transformers_5_24_runs_only_experts_0_and_1(moe):
             for m, (w2, w3) in zip(sparse, saved, strict=True):
                 m.experts["expert_2"].fc2.weight.copy_(w2)
                 m.experts["expert_3"].fc2.weight.copy_(w3)
+
+
+def test_moe_export_hf_loads_as_nllb_moe_and_reimports_bit_identically(moe, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from nmt.export import main as export_main
+
+    _, tok, ours_dir = moe
+    export_main([str(ours_dir), str(tmp_path / "hf"), "--format", "hf"])
+    import_main([str(tmp_path / "hf"), str(tmp_path / "again")])
+    a, b = load_file(ours_dir / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    exported = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "hf")).eval()
+    assert type(exported).__name__ == "NllbMoeForConditionalGeneration"
+    ck = load_inference_checkpoint(ours_dir)
+    cfg = json.loads((ours_dir / "config.json").read_text())
+    layout = make_layout(ck.tokenizer.vocab_size, cfg["source"]["hf"]["codes"], cfg["source"]["hf"]["mask"])
+    enc, dec, src, prev, fid = _batch(tok, ck, layout)
+    monkeypatch.setattr(transformers.models.nllb_moe.modeling_nllb_moe.NllbMoeSparseMLP, "forward", top2_reference)
+    theirs = _hf_logits(exported, enc, dec)
+    with torch.no_grad():
+        ours, _ = ck.build_model()(src, prev)
+    known, rows = fid >= 0, prev.ne(0)
+    assert (ours[..., known] - theirs[..., fid[known]])[rows].abs().max().item() < 1e-4

@@ -140,3 +140,19 @@ def moe_ffn_to_ours(encoder_freq: int, decoder_freq: int):
         out[f"{ours}ffn.experts.w2"] = torch.stack([w.t() for w in grab["fc2.weight"]]).contiguous()
         out[f"{ours}ffn.experts.b2"] = torch.stack(grab["fc2.bias"])
     return ffn_map
+
+
+def moe_ffn_to_hf(encoder_freq: int, decoder_freq: int):
+    """The inverse of :func:`moe_ffn_to_ours` (expert e's ``fc1.weight`` = ``w1[e].T``)."""
+    def ffn_map(side, i, ours, theirs, state, out):
+        freq = encoder_freq if side == "encoder" else decoder_freq
+        if not (freq and (i + 1) % freq == 0):
+            return dense_ffn_to_hf(side, i, ours, theirs, state, out)
+        out[f"{theirs}router.classifier.weight"] = state[f"{ours}ffn.router.weight"]
+        w1, b1, w2, b2 = (state[f"{ours}ffn.experts.{n}"] for n in ("w1", "b1", "w2", "b2"))
+        for e in range(w1.shape[0]):
+            out[f"{theirs}experts.expert_{e}.fc1.weight"] = w1[e].t().contiguous()
+            out[f"{theirs}experts.expert_{e}.fc1.bias"] = b1[e].clone()
+            out[f"{theirs}experts.expert_{e}.fc2.weight"] = w2[e].t().contiguous()
+            out[f"{theirs}experts.expert_{e}.fc2.bias"] = b2[e].clone()
+    return ffn_map
