@@ -119,7 +119,8 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
         model.save_pretrained(str(tmp))
         write_hf_tokenizer(tmp, fs_spm, codes, legacy)
     print(f"wrote {out}/ (Transformers {type(model).__name__}, {emb.shape[0]} ids, {len(codes)} language codes); "
-          f"load it with AutoModelForSeq2SeqLM.from_pretrained and generate with forced_bos_token_id=<target code id>", flush=True)
+          f"load it with AutoModelForSeq2SeqLM.from_pretrained and generate with "
+          f"forced_bos_token_id=<target code id>", flush=True)
     return json.loads((out / "config.json").read_text(encoding="utf-8"))
 
 
