@@ -90,7 +90,6 @@ class ModelConfig:
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
 
-SOURCE_CONVENTIONS = ("tag_first", "legacy")
 LEGACY_POSITION_OFFSET = 0  # what a saved model config without position_offset was trained with
 
 
@@ -292,8 +291,8 @@ def validate(cfg: Config) -> None:
     _check(m.attention in ("auto", "sdpa", "math"), "model.attention", m.attention, "use auto, sdpa or math")
     _check(m.position_offset >= 0, "model.position_offset", m.position_offset,
            "use 2 (fairseq/M2M100, exports to Transformers) or 0 (models trained before it existed)")
-    _check(m.source_convention in SOURCE_CONVENTIONS, "model.source_convention", m.source_convention,
-           "use " + " or ".join(SOURCE_CONVENTIONS))
+    _check(m.source_convention == "tag_first", "model.source_convention", m.source_convention,
+           "training builds [src_lang] x </s> batches (tag_first); legacy is for inference of imported models")
     validate_moe(m.moe, m)
     validate_adapters(m.adapters)
 

@@ -140,3 +140,20 @@ def test_positions_match_m2m100_sinusoids():
     theirs = M2M100SinusoidalPositionalEmbedding.get_embedding(40, 64, padding_idx=1)
     ours = sinusoidal_table(40, 64)
     assert torch.allclose(ours[2:], theirs[2:], atol=1e-6) and theirs[1].abs().sum() == 0
+
+
+def test_init_from_an_import_with_another_vocabulary_is_refused(hf_dir, prepared_corpus, tmp_path):
+    from conftest import train_smoke
+
+    import_main([str(hf_dir), str(tmp_path / "imported")])
+    proc = train_smoke(prepared_corpus, tmp_path / "run", f"trainer.init_from={tmp_path / 'imported'}", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: ") and "another vocabulary" in last, proc.stderr[-500:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_training_refuses_the_legacy_source_convention(prepared_corpus, tmp_path):
+    from conftest import train_smoke
+
+    proc = train_smoke(prepared_corpus, tmp_path / "run", "model.source_convention=legacy", check=False)
+    assert proc.returncode == 2 and "model.source_convention" in proc.stderr.strip().splitlines()[-1]
