@@ -160,3 +160,13 @@ def test_import_export_import_is_bit_identical(imported, tmp_path):
     assert (ours_dir / "spm.model").read_bytes() == (tmp_path / "again" / "spm.model").read_bytes()
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_cfg["decoder_start_token_id"] == 2 and hf_cfg["pad_token_id"] == 1 and hf_cfg["bos_token_id"] == 0
+
+
+def test_translate_reads_the_import(imported, tmp_path):
+    from conftest import run_module
+
+    _, ours_dir = imported
+    (tmp_path / "in.txt").write_text("\n".join(text_lines(2, 1)) + "\n", encoding="utf-8")
+    proc = run_module("nmt.translate", f"ckpt={ours_dir}", "src_lang=eng_Latn", "tgt_lang=fra_Latn",
+                      f"input={tmp_path / 'in.txt'}", "beam=2")
+    assert len(proc.stdout.splitlines()) == 8

@@ -42,25 +42,39 @@ def _take(hf: dict[str, Tensor], key: str, where: str) -> Tensor:
     return hf.pop(key)
 
 
-def hf_to_ours(hf: dict[str, Tensor], enc_layers: int, dec_layers: int, where: str,
-               ffn_map=None, names: dict[str, str] = M2M100_NAMES) -> dict[str, Tensor]:
-    """Our state dict (embedding still in fairseq row order, under ``embed.weight``) from
-    Transformers' one; ``ffn_map(side, i, prefix_ours, prefix_theirs, hf)`` maps a layer's
-    feed-forward slot (default: a dense FFN). Leftover tensors are an error naming them."""
-    hf = dict(hf)
-    out: dict[str, Tensor] = {}
+def _layer_keys(enc_layers: int, dec_layers: int, names: dict[str, str]):
+    """(our key, [their keys]) for every attention and LayerNorm tensor: one key is a plain copy,
+    several are fused rows ([q; k; v] or [k; v])."""
     for side, n in (("encoder", enc_layers), ("decoder", dec_layers)):
         for i in range(n):
             ours, theirs = f"{side}_layers.{i}.", f"model.{side}.layers.{i}."
-            for a, b in _pairs(side, names):
-                for p in ("weight", "bias"):
-                    out[f"{ours}{a}.{p}"] = _take(hf, f"{theirs}{b}.{p}", where)
-            for a, (mod, parts) in _fused(side, names).items():
-                for p in ("weight", "bias"):
-                    out[f"{ours}{a}.{p}"] = torch.cat([_take(hf, f"{theirs}{mod}.{q}.{p}", where) for q in parts])
-            (ffn_map or dense_ffn_to_ours)(side, i, ours, theirs + names["fc"], hf, out, where)
+            for p in ("weight", "bias"):
+                for a, b in _pairs(side, names):
+                    yield f"{ours}{a}.{p}", [f"{theirs}{b}.{p}"]
+                for a, (mod, parts) in _fused(side, names).items():
+                    yield f"{ours}{a}.{p}", [f"{theirs}{mod}.{q}.{p}" for q in parts]
         for p in ("weight", "bias"):
-            out[f"{side}_ln.{p}"] = _take(hf, f"model.{side}.layer_norm.{p}", where)
+            yield f"{side}_ln.{p}", [f"model.{side}.layer_norm.{p}"]
+
+
+def _ffn_slots(enc_layers: int, dec_layers: int, names: dict[str, str]):
+    """(side, layer, our prefix, their prefix) of every feed-forward slot."""
+    for side, n in (("encoder", enc_layers), ("decoder", dec_layers)):
+        for i in range(n):
+            yield side, i, f"{side}_layers.{i}.", f"model.{side}.layers.{i}.{names['fc']}"
+
+
+def hf_to_ours(hf: dict[str, Tensor], enc_layers: int, dec_layers: int, where: str,
+               ffn_map=None, names: dict[str, str] = M2M100_NAMES) -> dict[str, Tensor]:
+    """Our state dict (embedding still in fairseq row order, under ``embed.weight``) from
+    Transformers' one; ``ffn_map(side, i, prefix_ours, prefix_theirs, hf, out, where)`` maps a
+    layer's feed-forward slot (default: a dense FFN). Leftover tensors are an error naming them."""
+    hf = dict(hf)
+    out: dict[str, Tensor] = {}
+    for key, theirs in _layer_keys(enc_layers, dec_layers, names):
+        out[key] = torch.cat([_take(hf, k, where) for k in theirs]) if len(theirs) > 1 else _take(hf, theirs[0], where)
+    for side, i, ours, prefix in _ffn_slots(enc_layers, dec_layers, names):
+        (ffn_map or dense_ffn_to_ours)(side, i, ours, prefix, hf, out, where)
     out["embed.weight"] = _shared_embedding(hf, where)
     hf.pop("model.encoder.embed_positions.weights", None)  # sinusoidal: recomputed, never trained
     hf.pop("model.decoder.embed_positions.weights", None)
@@ -98,19 +112,11 @@ def ours_to_hf(state: dict[str, Tensor], enc_layers: int, dec_layers: int, ffn_m
     """Transformers' state dict from ours (embedding already in fairseq row order under
     ``embed.weight``); the inverse of :func:`hf_to_ours`. Tied copies are left to Transformers."""
     out: dict[str, Tensor] = {}
-    for side, n in (("encoder", enc_layers), ("decoder", dec_layers)):
-        for i in range(n):
-            ours, theirs = f"{side}_layers.{i}.", f"model.{side}.layers.{i}."
-            for a, b in _pairs(side, names):
-                for p in ("weight", "bias"):
-                    out[f"{theirs}{b}.{p}"] = state[f"{ours}{a}.{p}"]
-            for a, (mod, parts) in _fused(side, names).items():
-                for p in ("weight", "bias"):
-                    for q, t in zip(parts, state[f"{ours}{a}.{p}"].chunk(len(parts)), strict=True):
-                        out[f"{theirs}{mod}.{q}.{p}"] = t.contiguous()
-            (ffn_map or dense_ffn_to_hf)(side, i, ours, theirs + names["fc"], state, out)
-        for p in ("weight", "bias"):
-            out[f"model.{side}.layer_norm.{p}"] = state[f"{side}_ln.{p}"]
+    for key, theirs in _layer_keys(enc_layers, dec_layers, names):
+        for k, t in zip(theirs, state[key].chunk(len(theirs)), strict=True):
+            out[k] = t.contiguous()
+    for side, i, ours, prefix in _ffn_slots(enc_layers, dec_layers, names):
+        (ffn_map or dense_ffn_to_hf)(side, i, ours, prefix, state, out)
     out["model.shared.weight"] = state["embed.weight"]
     return out
 

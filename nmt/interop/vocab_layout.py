@@ -102,6 +102,21 @@ def _check_spm_specials(model: Any, want: tuple[str, ...], where: str) -> None:
                         f"{', '.join(want)} was expected; it is not the layout this converter reads")
 
 
+def _rebuilt(src: Any, specials: tuple[str, ...], body: list, ids: dict[str, int]) -> bytes:
+    """``src`` (normalizer, trainer settings kept) with the pieces ``specials`` + ``body``;
+    ``ids`` gives the trainer_spec ids of pad/unk/bos/eos (-1: none)."""
+    out = spm_pb2.ModelProto()
+    out.CopyFrom(src)
+    del out.pieces[:]
+    out.pieces.extend(_piece(p, Piece.UNKNOWN if p == "<unk>" else Piece.CONTROL) for p in specials)
+    out.pieces.extend(body)
+    t = out.trainer_spec
+    for name, piece in (("pad", "<pad>"), ("unk", "<unk>"), ("bos", "<s>"), ("eos", "</s>")):
+        setattr(t, f"{name}_id", ids[name])
+        setattr(t, f"{name}_piece", piece)
+    return out.SerializeToString()
+
+
 def spm_to_internal(spm_bytes: bytes, has_mask: bool, where: str) -> bytes:
     """Our SentencePiece model from an NLLB ``sentencepiece.bpe.model``: our specials, the 256
     tag slots (USER_DEFINED), every original piece with its score and type (so text segments
@@ -109,21 +124,10 @@ def spm_to_internal(spm_bytes: bytes, has_mask: bool, where: str) -> bytes:
     src = spm_pb2.ModelProto()
     src.ParseFromString(spm_bytes)
     _check_spm_specials(src, SPM_SPECIALS, where)
-    out = spm_pb2.ModelProto()
-    out.CopyFrom(src)
-    del out.pieces[:]
-    out.pieces.append(_piece("<pad>", Piece.CONTROL))
-    out.pieces.append(_piece("<unk>", Piece.UNKNOWN))
-    out.pieces.append(_piece("<s>", Piece.CONTROL))
-    out.pieces.append(_piece("</s>", Piece.CONTROL))
-    out.pieces.extend(_piece(t, Piece.USER_DEFINED) for t in all_tag_tokens())
-    out.pieces.extend(src.pieces[len(SPM_SPECIALS):])
+    body = [_piece(t, Piece.USER_DEFINED) for t in all_tag_tokens()] + list(src.pieces[len(SPM_SPECIALS):])
     if has_mask:
-        out.pieces.append(_piece(MASK, Piece.CONTROL))
-    t = out.trainer_spec
-    t.pad_id, t.unk_id, t.bos_id, t.eos_id = 0, 1, 2, 3
-    t.pad_piece, t.unk_piece, t.bos_piece, t.eos_piece = "<pad>", "<unk>", "<s>", "</s>"
-    return out.SerializeToString()
+        body.append(_piece(MASK, Piece.CONTROL))
+    return _rebuilt(src, OUR_SPECIALS, body, {"pad": 0, "unk": 1, "bos": 2, "eos": 3})
 
 
 def spm_to_fairseq(spm_bytes: bytes, where: str) -> tuple[bytes, bool]:
@@ -140,14 +144,4 @@ def spm_to_fairseq(spm_bytes: bytes, where: str) -> tuple[bytes, bool]:
     has_mask = bool(pieces) and pieces[-1].piece == MASK and pieces[-1].type == Piece.CONTROL
     if has_mask:
         pieces.pop()
-    out = spm_pb2.ModelProto()
-    out.CopyFrom(src)
-    del out.pieces[:]
-    out.pieces.append(_piece("<unk>", Piece.UNKNOWN))
-    out.pieces.append(_piece("<s>", Piece.CONTROL))
-    out.pieces.append(_piece("</s>", Piece.CONTROL))
-    out.pieces.extend(pieces)
-    t = out.trainer_spec
-    t.unk_id, t.bos_id, t.eos_id, t.pad_id = 0, 1, 2, -1
-    t.unk_piece, t.bos_piece, t.eos_piece, t.pad_piece = "<unk>", "<s>", "</s>", "<pad>"
-    return out.SerializeToString(), has_mask
+    return _rebuilt(src, SPM_SPECIALS, pieces, {"pad": -1, "unk": 0, "bos": 1, "eos": 2}), has_mask
