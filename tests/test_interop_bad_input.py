@@ -157,3 +157,22 @@ def test_training_refuses_the_legacy_source_convention(prepared_corpus, tmp_path
 
     proc = train_smoke(prepared_corpus, tmp_path / "run", "model.source_convention=legacy", check=False)
     assert proc.returncode == 2 and "model.source_convention" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_started_before_position_offset_resumes_only_with_offset_0(tmp_path):
+    import yaml
+
+    from nmt.errors import UserError
+    from nmt.training.run_setup import prepare_run_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"d_model": 64}}))
+    (tmp_path / "spm.model").write_bytes(b"not read: the run has no spm.model yet, so it is copied")
+    for mode in ("auto", "true"):
+        with pytest.raises(UserError, match="model.position_offset=0"):
+            prepare_run_dir(run, tmp_path / "spm.model", "x", {"model": {"d_model": 64, "position_offset": 2}}, mode)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    old = {"d_model": 64, "position_offset": 0, "source_convention": "tag_first"}
+    assert prepare_run_dir(run, tmp_path / "spm.model", "x", {"model": old}, "auto")  # resumes
