@@ -160,8 +160,14 @@ def test_import_export_import_is_bit_identical(imported, tmp_path):
     assert (ours_dir / "spm.model").read_bytes() == (tmp_path / "again" / "spm.model").read_bytes()
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_cfg["decoder_start_token_id"] == 2 and hf_cfg["pad_token_id"] == 1 and hf_cfg["bos_token_id"] == 0
+    assert hf_cfg["nmt_export"]["codes"][0] == "ace_Arab"  # marks an earlier export: --overwrite may replace it
+    export_main([str(ours_dir), str(tmp_path / "hf"), "--format", "hf", "--overwrite"])
+    with pytest.raises(SystemExit):  # but not an nmt export directory
+        export_main([str(ours_dir), str(tmp_path / "again"), "--format", "hf", "--overwrite"])
+    assert (tmp_path / "again" / "spm.model").is_file()
 
 
+@pytest.mark.slow
 def test_translate_reads_the_import(imported, tmp_path):
     from conftest import run_module
 
@@ -170,3 +176,12 @@ def test_translate_reads_the_import(imported, tmp_path):
     proc = run_module("nmt.translate", f"ckpt={ours_dir}", "src_lang=eng_Latn", "tgt_lang=fra_Latn",
                       f"input={tmp_path / 'in.txt'}", "beam=2")
     assert len(proc.stdout.splitlines()) == 8
+
+
+def test_nllb_codes_are_flores200_codes():
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+    from nmt.langs import FLORES200
+
+    assert len(FAIRSEQ_LANGUAGE_CODES) == 202 and set(FAIRSEQ_LANGUAGE_CODES) <= set(FLORES200)
+    assert sorted(set(FLORES200) - set(FAIRSEQ_LANGUAGE_CODES)) == ["arb_Latn", "min_Arab"]  # start as mean rows
