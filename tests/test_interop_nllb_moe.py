@@ -86,7 +86,7 @@ def test_logits_equal_a_correct_top2_combine_of_transformers_modules(moe, monkey
     model, tok, ours_dir = moe
     cfg = json.loads((ours_dir / "config.json").read_text())
     assert cfg["model"]["moe"]["experts"] == 4 and cfg["model"]["moe"]["encoder_freq"] == 2
-    assert cfg["model"]["moe"]["eom"] == pytest.approx(0.2)
+    assert cfg["model"]["moe"]["eom"] == pytest.approx(0.2) and cfg["model"]["moe"]["capacity_rule"] == "fairseq"
     assert _max_diff_to_reference(model, tok, ours_dir, monkeypatch) < 1e-4
 
 
