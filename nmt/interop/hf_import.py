@@ -69,7 +69,8 @@ def moe_config(hf_cfg: dict) -> MoEConfig:
     counterpart: the import uses fairseq's rule, 2·ceil(S/E) with S counting padding (what
     Transformers does when ``expert_capacity`` is None)."""
     return MoEConfig(
-        experts=int(hf_cfg["num_experts"]), top_k=2, capacity_factor=1.0, capacity_rule="fairseq", encoder_freq=int(hf_cfg.get("encoder_sparse_step", 0)),
+        experts=int(hf_cfg["num_experts"]), top_k=2, capacity_factor=1.0, capacity_rule="fairseq",
+        encoder_freq=int(hf_cfg.get("encoder_sparse_step", 0)),
         decoder_freq=int(hf_cfg.get("decoder_sparse_step", 0)),
         second_expert_policy=hf_cfg.get("second_expert_policy", "all"),
         eval_capacity_token_fraction=float(hf_cfg.get("moe_eval_capacity_token_fraction", 1.0)),
