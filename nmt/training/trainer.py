@@ -174,8 +174,19 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
-        every base parameter must be in the checkpoint; adapter parameters may be missing."""
-        state = load_checkpoint(path)
+        every base parameter must be in the checkpoint; adapter parameters may be missing. An export
+        directory (nmt.export, nmt.import_hf) must share the corpus's vocabulary."""
+        if path.is_dir():
+            from nmt.inference import load_inference_checkpoint
+
+            ck = load_inference_checkpoint(path)
+            if ck.tokenizer.sha256 != self.tokenizer.sha256:
+                raise UserError(f"trainer.init_from={path} has another vocabulary than the corpus ({ck.tokenizer.path} "
+                                f"vs the corpus spm.model): copy {ck.tokenizer.path} to the corpus as spm.model and "
+                                f"binarize it again (python -m data_prep.binarize)")
+            state = {"model": ck.state, "step": (ck.info.get("source") or {}).get("step")}
+        else:
+            state = load_checkpoint(path)
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         missing = [k for k in missing if not is_adapter_parameter(k)]
         if missing or unexpected:
