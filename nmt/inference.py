@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from nmt.config import EvalConfig, ModelConfig
+from nmt.config import EvalConfig, ModelConfig, saved_model_config
+from nmt.data.batching import source_sequence
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.fileio import sha256_file
@@ -89,7 +90,8 @@ class InferenceCheckpoint:
 
     def build_model(self) -> Transformer:
         """The model with every expert on this process, weights loaded, in eval mode."""
-        model = build_model(_dataclass_from(ModelConfig, self.model_config), self.tokenizer.vocab_size)
+        cfg = _dataclass_from(ModelConfig, saved_model_config(self.model_config))  # old configs: position_offset 0
+        model = build_model(cfg, self.tokenizer.vocab_size)
         try:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -272,7 +274,8 @@ class Translator:
         src_idx, tgt_idx = FLORES200.index(src_lang), FLORES200.index(tgt_lang)
         for start in range(0, len(todo), bs):
             chunk = todo[start: start + bs]
-            seqs = [[src_tag] + encoded[i][:max_src] + [tok.eos_id] for i in chunk]
+            seqs = [source_sequence(encoded[i][:max_src], src_tag, tok.eos_id, self.model.cfg.source_convention)
+                    for i in chunk]
             width = max(len(s) for s in seqs)
             src = torch.full((len(seqs), width), PAD, dtype=torch.long)
             for r, s in enumerate(seqs):

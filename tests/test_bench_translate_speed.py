@@ -13,7 +13,7 @@ SYSTEM_KEYS = {"sentences_per_s", "tokens_per_s", "peak_rss_gib", "seconds", "ou
 @pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None or importlib.util.find_spec("transformers") is None,
                     reason="ctranslate2 and transformers (the 'dev' extra) are not installed")
 @pytest.mark.skipif(importlib.util.find_spec("nmt.interop.hf_export") is None,
-                    reason="nmt.interop.hf_export (nmt.export --format hf, branch wt-hf) is not merged yet")
+                    reason="nmt.interop.hf_export (nmt.export --format hf) is missing")
 def test_quick_run_prints_one_json_line(tmp_path):
     out = tmp_path / "speed.json"
     proc = run_module("bench.translate_speed", "--quick", "--threads", "1", "--out", out, timeout=300)

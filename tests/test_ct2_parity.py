@@ -1,6 +1,6 @@
 """Ours (torch beam search) against CTranslate2 float32 on a model trained here, beam 4.
 
-Needs ``nmt.interop.hf_export`` (``--format hf``): skipped until it is merged.
+Needs ``nmt.interop.hf_export`` (``--format hf``).
 Every differing line must be explained:
 
 - ``tie``: both hypotheses score the same under our model (our length normalisation);
@@ -31,7 +31,7 @@ pytestmark = [
                        or importlib.util.find_spec("transformers") is None,
                        reason="ctranslate2 and transformers (the 'dev' extra) are not installed"),
     pytest.mark.skipif(importlib.util.find_spec("nmt.interop.hf_export") is None,
-                       reason="nmt.interop.hf_export (nmt.export --format hf, branch wt-hf) is not merged yet"),
+                       reason="nmt.interop.hf_export (nmt.export --format hf) is missing"),
 ]
 
 DIRECTIONS = [("eng_Latn", "fra_Latn"), ("eng_Latn", "deu_Latn"), ("fra_Latn", "eng_Latn"), ("deu_Latn", "eng_Latn")]

@@ -1,1 +1,1 @@
-"""Interoperability with other toolkits: Transformers and CTranslate2 exports and backends."""
+"""Interoperability with Transformers formats (NLLB-200, M2M-100): docs/interop.md."""

@@ -170,15 +170,11 @@ def export_ct2(ckpt: str | Path, out_dir: str | Path, quantization: str | None =
                overwrite: bool = False) -> dict[str, Any]:
     """``python -m nmt.export CKPT OUT --format ct2``: the HF export in a temp dir, then converted."""
     from nmt.inference import load_inference_checkpoint
+    from nmt.interop.hf_export import export_hf
 
     out = Path(out_dir)
     quant = check_quantization(quantization)
     _check_out(out, overwrite)  # before the (possibly long) export
-    try:
-        from nmt.interop.hf_export import export_hf
-    except ImportError:
-        raise UserError("--format ct2 builds on the Transformers export (nmt.interop.hf_export), which this "
-                        "installation lacks; update nmt") from None
     ck = load_inference_checkpoint(ckpt)
     directions = ck.info.get("directions") or []
     languages = sorted({c for d in directions for c in str(d).split("-")}) or None

@@ -26,7 +26,6 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.langs import parse_direction
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
-from nmt.models.moe import AuxLossThroughOutput
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
@@ -175,8 +174,19 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
-        every base parameter must be in the checkpoint; adapter parameters may be missing."""
-        state = load_checkpoint(path)
+        every base parameter must be in the checkpoint; adapter parameters may be missing. An export
+        directory (nmt.export, nmt.import_hf) must share the corpus's vocabulary."""
+        if path.is_dir():
+            from nmt.inference import load_inference_checkpoint
+
+            ck = load_inference_checkpoint(path)
+            if ck.tokenizer.sha256 != self.tokenizer.sha256:
+                raise UserError(f"trainer.init_from={path} has another vocabulary than the corpus ({ck.tokenizer.path} "
+                                f"vs the corpus spm.model): copy {ck.tokenizer.path} to the corpus as spm.model and "
+                                f"binarize it again (python -m data_prep.binarize)")
+            state = {"model": ck.state, "step": (ck.info.get("source") or {}).get("step")}
+        else:
+            state = load_checkpoint(path)
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         missing = [k for k in missing if not is_adapter_parameter(k)]
         if missing or unexpected:
@@ -315,7 +325,8 @@ class Trainer:
         b = with_target_tag(b) if self.cfg.trainer.loss_include_tag else b
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
-            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
+            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted,
+                                       aux_loss_scale=float(counted.sum()))
         direction = b.direction[:, None].expand_as(b.target)[counted]
         out = label_smoothed_nll(logits, b.target[counted], self.cfg.optim.label_smoothing, direction, n_directions)
         return out.loss, out, aux
@@ -341,7 +352,6 @@ class Trainer:
                             loss = loss + value * out.ntokens  # aux losses are per-token means
                         else:
                             attached += float(value) * out.ntokens
-                AuxLossThroughOutput.scale = float(out.ntokens)
                 loss.backward()
             aux_meter.add(aux)
             objective += float(loss.detach()) + attached
