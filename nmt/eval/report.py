@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from nmt.errors import UserError
+from nmt.eval.forgetting import format_forgetting
 from nmt.fileio import atomic_write
 from nmt.langs import direction_group
 
@@ -143,6 +144,8 @@ def format_markdown(results: dict) -> str:
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))
     parts.append(format_table(results))
+    if results.get("forgetting"):
+        parts.append(format_forgetting(results["forgetting"]))
     return "\n\n".join(parts)
 
 
@@ -152,6 +155,8 @@ def print_table(results: dict) -> None:
     for note in results.get("notes", []):
         print(f"note: {note}")
     print(format_table(results), flush=True)
+    if results.get("forgetting"):
+        print(format_forgetting(results["forgetting"]), flush=True)
 
 
 def chart_png(results: dict) -> bytes:

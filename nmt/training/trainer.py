@@ -24,7 +24,7 @@ from nmt.curriculum import check_stages, stage_at
 from nmt.data.sampling import direction_probs
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
-from nmt.langs import parse_direction
+from nmt.langs import languages_of, parse_direction
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.moe import AuxLossThroughOutput
 from nmt.models.transformer import PAD, count_parameters
@@ -106,6 +106,7 @@ class Trainer:
                             f"(validation directions: {', '.join(self.valid_directions) or 'none'})")
 
         self.model = self._build_model()
+        self.base_languages: list[str] = []  # the init_from model's languages: the run's model knows them too
         if t.init_from:
             self._init_from(Path(t.init_from))
         if adapters.freeze_base:
@@ -176,15 +177,24 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
         every base parameter must be in the checkpoint; adapter parameters may be missing."""
-        state = load_checkpoint(path)
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        from nmt.inference import load_inference_checkpoint
+
+        ck = load_inference_checkpoint(path)  # a .pt, a .dcp or an export (e.g. from nmt.vocab add-language)
+        if ck.tokenizer.sha256 != self.tokenizer.sha256:
+            raise UserError(
+                f"trainer.init_from={path} was trained with the vocabulary {ck.tokenizer.path} ({ck.tokenizer.vocab_size} "
+                f"pieces, sha256 {ck.tokenizer.sha256[:12]}…) but data.corpus has {self.tokenizer.path} "
+                f"({self.tokenizer.vocab_size} pieces, sha256 {self.tokenizer.sha256[:12]}…): copy {ck.tokenizer.path} "
+                f"to {self.tokenizer.path} and re-binarize (python -m data_prep.binarize --corpus CORPUS --overwrite)")
+        self.base_languages = list(ck.languages or [])
+        missing, unexpected = self.model.load_state_dict(ck.state, strict=False)
         missing = [k for k in missing if not is_adapter_parameter(k)]
         if missing or unexpected:
             names = ", ".join((missing + unexpected)[:5])
             raise UserError(f"trainer.init_from={path} does not fit this model ({len(missing)} missing, "
                             f"{len(unexpected)} unexpected parameters: {names}); use a checkpoint of the same "
                             f"base architecture")
-        print(f"initialised from {path} (step {state.get('step')})", flush=True)
+        print(f"initialised from {path} (step {ck.info.get('step')})", flush=True)
 
     # ---------------------------------------------------------------- curriculum
     def _probs_for(self, directions: list[str]) -> dict[str, float]:
@@ -224,6 +234,7 @@ class Trainer:
             "skipped_updates": self.skipped_updates,
             "config": self.resolved_config,
             "directions": list(self.directions),
+            "languages": sorted(set(self.base_languages) | set(languages_of(self.directions))),
             "tokenizer": {"path": str((self.run_dir / "spm.model").resolve()), "sha256": self.tokenizer.sha256},
         }
 
