@@ -14,7 +14,7 @@ from pathlib import Path
 from nmt.errors import UserError, exit_on_user_error
 
 USAGE = ("python -m nmt.vocab add-language CKPT OUT --lang CODE [--init mean|from:LANG] "
-         "[--text FILE --new-pieces N] [--old-text FILE] [--overwrite]")
+         "[--text FILE --new-pieces N] [--old-text FILE [--keep-old-segmentation]] [--overwrite]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--new-pieces", type=int, default=0, help="append up to N pieces learned from --text")
     a.add_argument("--old-text", type=Path, default=None,
                    help="old-language text: report the share of its lines whose segmentation changed")
+    a.add_argument("--keep-old-segmentation", action="store_true",
+                   help="skip new pieces that occur in --old-text, so its segmentation does not change")
     a.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT")
     return p
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     add_language(AddLanguage(args.ckpt, args.out, args.lang, args.init, args.text, args.new_pieces,
-                             args.old_text, args.overwrite))
+                             args.old_text, args.keep_old_segmentation, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
 from nmt.errors import UserError
 from nmt.langs import FLORES200, is_lang_code, lang_tag
 from nmt.vocab import spm_edit
+
+if TYPE_CHECKING:
+    from nmt.inference import InferenceCheckpoint
 
 EMBED = "embed.weight"  # the (tied) embedding / output matrix of nmt.models.transformer.Transformer
 
@@ -35,6 +39,7 @@ class AddLanguage:
     text: Path | None = None
     new_pieces: int = 0
     old_text: Path | None = None  # measure how much the segmentation of this (old-language) text changes
+    keep_old_segmentation: bool = False  # skip new pieces that occur in old_text (its segmentation stays)
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -48,6 +53,8 @@ class AddLanguage:
             raise UserError(f"--new-pieces {self.new_pieces} must be positive")
         if self.new_pieces and self.text is None:
             raise UserError("--new-pieces needs --text FILE (the new language's text the pieces are learned from)")
+        if self.keep_old_segmentation and self.old_text is None:
+            raise UserError("--keep-old-segmentation needs --old-text FILE (text of the model's languages)")
 
 
 def read_text(path: Path, option: str) -> list[str]:
@@ -96,55 +103,70 @@ def print_table(before: dict, after: dict, text: Path) -> None:
         print(f"{name:10} {s['unk_rate']:>10.2%} {s['tokens_per_char']:>12.3f} {s['tokens']:>8}")
 
 
-def add_language(args: AddLanguage) -> dict:
-    """Write the extended export; returns its config.json object."""
-    from nmt.export import check_out_dir, export_config, export_tensors, write_export_dir
-    from nmt.inference import load_inference_checkpoint
+@dataclass
+class VocabEdit:
+    """The new SentencePiece model and what changed: the tag's id and the appended pieces."""
 
-    args.validate()
-    check_out_dir(args.out, args.ckpt, args.overwrite)
-    text = read_text(args.text, "--text") if args.text else None
-    old_text = read_text(args.old_text, "--old-text") if args.old_text else None
-    ck = load_inference_checkpoint(args.ckpt)
-    tok, code = ck.tokenizer, args.lang
+    proto: spm_edit.pb.ModelProto
+    tag_id: int
+    pieces: list[tuple[str, float]]  # (piece, score as learned), in the order appended
+    new_ids: list[int]
+    rows: list[list[int]]  # per new piece: the old ids its text decomposes into
+
+    def serialized(self) -> bytes:
+        return self.proto.SerializeToString()
+
+
+def known_languages(ck: InferenceCheckpoint, code: str) -> list[str]:
+    """The model's languages, refusing a code it already has."""
     languages = list(ck.languages or [])
-    if code in languages or code in tok.added_languages():
+    if code in languages or code in ck.tokenizer.added_languages():
         raise UserError(f"--lang {code}: the model already knows {code} (its languages: {', '.join(languages)})")
     if not languages:
-        raise UserError(f"{args.ckpt} records no languages and no directions, so --init cannot use its language "
+        raise UserError(f"{ck.path} records no languages and no directions, so --init cannot use its language "
                         f"tags; re-export it from its training checkpoint")
+    return languages
+
+
+def edit_vocabulary(tok: Tokenizer, args: AddLanguage, text: list[str] | None, old_text: list[str] | None) -> VocabEdit:
+    """The tag slot (a Flores-200 code's own, else the first free spare) and the appended pieces."""
     proto = spm_edit.parse(tok.path.read_bytes())
     try:
-        tag_id = tok.lang_id(code)  # a Flores-200 code: its own slot
+        tag_id = tok.lang_id(args.lang)  # a Flores-200 code: its own slot
     except UserError:
-        tag_id = spm_edit.take_spare_slot(proto, code)
-    pieces = spm_edit.learn_pieces(proto, text, args.new_pieces) if args.new_pieces else []
+        tag_id = spm_edit.take_spare_slot(proto, args.lang)
+    pieces: list[tuple[str, float]] = []
+    if args.new_pieces and text:
+        avoid = old_text if args.keep_old_segmentation and old_text else ()
+        pieces = spm_edit.learn_pieces(proto, text, args.new_pieces, avoid)
     literal = spm_edit.literal_processor(proto)
-    old_sp = spm_edit.processor(proto)
-    new_ids = spm_edit.append_pieces(proto, pieces)
-    new_sp = spm_edit.processor(proto)
+    rows = [spm_edit.decompose(literal, piece) for piece, _ in pieces]
+    return VocabEdit(proto, tag_id, pieces, spm_edit.append_pieces(proto, pieces), rows)
 
-    model = ck.build_model()  # the weights fit their config (checked), buffers complete
-    state = export_tensors(model.state_dict())
-    del model
-    weight = state[EMBED].clone()
-    weight[tag_id] = tag_init_row(weight, tok, languages, args.init)
-    state[EMBED] = grow_embedding(weight, [spm_edit.decompose(literal, p) for p, _ in pieces])
 
-    spm_bytes = proto.SerializeToString()
+def new_config(ck: InferenceCheckpoint, state: dict, args: AddLanguage, edit: VocabEdit, languages: list[str]) -> dict:
+    """The export's config.json: the source's, with the new vocabulary, language set and provenance."""
+    from nmt.export import export_config
+
     config = export_config(ck, state, args.ckpt)
-    config["vocab_size"] = len(proto.pieces)
-    config["languages"] = sorted([*languages, code])
-    config["tokenizer"]["sha256"] = hashlib.sha256(spm_bytes).hexdigest()
-    added = {**tok.added_languages(), **({} if tag_id < FIRST_TAG_ID + len(FLORES200) else {code: tag_id})}
+    config["vocab_size"] = len(edit.proto.pieces)
+    config["languages"] = sorted([*languages, args.lang])
+    config["tokenizer"]["sha256"] = hashlib.sha256(edit.serialized()).hexdigest()
+    spare = edit.tag_id >= FIRST_TAG_ID + len(FLORES200)
+    added = {**ck.tokenizer.added_languages(), **({args.lang: edit.tag_id} if spare else {})}
     if added:
         config["added_languages"] = added
-    config["vocab_edit"] = {"added_language": code, "tag_id": tag_id, "init": args.init,
-                            "new_pieces": len(new_ids), "first_new_piece_id": new_ids[0] if new_ids else None,
+    config["vocab_edit"] = {"added_language": args.lang, "tag_id": edit.tag_id, "init": args.init,
+                            "new_pieces": len(edit.new_ids), "first_new_piece_id": edit.new_ids[0] if edit.new_ids else None,
                             "text": str(args.text) if args.text else None}
-    write_export_dir(args.out, state, config, spm_bytes, args.ckpt)
-    print(f"added {code} to {args.ckpt}: tag {lang_tag(code)} at id {tag_id} (init {args.init}); "
-          f"{len(new_ids)} new pieces, vocabulary {tok.vocab_size} -> {len(proto.pieces)}")
+    return config
+
+
+def report(args: AddLanguage, old: Tokenizer, edit: VocabEdit, text: list[str] | None,
+           old_text: list[str] | None) -> None:
+    old_sp, new_sp = spm_edit.processor(spm_edit.parse(old.path.read_bytes())), spm_edit.processor(edit.proto)
+    print(f"added {args.lang} to {args.ckpt}: tag {lang_tag(args.lang)} at id {edit.tag_id} (init {args.init}); "
+          f"{len(edit.new_ids)} new pieces, vocabulary {old.vocab_size} -> {len(edit.proto.pieces)}")
     if text is not None:
         print_table(spm_edit.text_stats(old_sp, text), spm_edit.text_stats(new_sp, text), args.text)
     if old_text is not None:
@@ -152,4 +174,25 @@ def add_language(args: AddLanguage) -> dict:
         print(f"segmentation of {args.old_text}: {share:.2%} of its lines changed")
     print(f"wrote {args.out}/; fine-tune with trainer.init_from={args.out} on a corpus binarized with "
           f"{args.out}/spm.model")
+
+
+def add_language(args: AddLanguage) -> dict:
+    """Write the extended export; returns its config.json object. Every check runs before anything is written."""
+    from nmt.export import check_out_dir, export_tensors, write_export_dir
+    from nmt.inference import load_inference_checkpoint
+
+    args.validate()
+    check_out_dir(args.out, args.ckpt, args.overwrite)
+    text = read_text(args.text, "--text") if args.text else None
+    old_text = read_text(args.old_text, "--old-text") if args.old_text else None
+    ck = load_inference_checkpoint(args.ckpt)
+    languages = known_languages(ck, args.lang)
+    edit = edit_vocabulary(ck.tokenizer, args, text, old_text)
+    state = export_tensors(ck.build_model().state_dict())  # build_model: the weights fit their config
+    weight = state[EMBED].clone()
+    weight[edit.tag_id] = tag_init_row(weight, ck.tokenizer, languages, args.init)
+    state[EMBED] = grow_embedding(weight, edit.rows)
+    config = new_config(ck, state, args, edit, languages)
+    write_export_dir(args.out, state, config, edit.serialized(), args.ckpt)
+    report(args, ck.tokenizer, edit, text, old_text)
     return config

@@ -46,9 +46,12 @@ def take_spare_slot(proto: pb.ModelProto, code: str) -> int:
                     f"language already; retrain the vocabulary (python -m data_prep.train_spm) with the languages")
 
 
-def learn_pieces(proto: pb.ModelProto, lines: Sequence[str], n: int) -> list[tuple[str, float]]:
+def learn_pieces(proto: pb.ModelProto, lines: Sequence[str], n: int,
+                 avoid: Sequence[str] = ()) -> list[tuple[str, float]]:
     """Up to ``n`` (piece, score) pairs the old model lacks, learned from ``lines`` with a small
-    unigram model (same normalization as the old one), best first."""
+    unigram model (same normalization as the old one): first the characters the old model has no
+    piece for (they are what makes ``<unk>``), then the others by score. A piece that occurs in
+    the (normalized) text ``avoid`` is skipped, so that text's segmentation cannot change."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -61,8 +64,13 @@ def learn_pieces(proto: pb.ModelProto, lines: Sequence[str], n: int) -> list[tup
                         f"give more text") from None
     small = parse(model.getvalue())
     have = {p.piece for p in proto.pieces}
+    chars = {ch for p in proto.pieces if p.type == NORMAL for ch in p.piece}
     found = [(p.piece, p.score) for p in small.pieces if p.type == NORMAL and p.piece not in have]
-    found.sort(key=lambda x: -x[1])
+    if avoid:
+        old = processor(proto)
+        seen = "\n".join(old.normalize(list(avoid)))
+        found = [(piece, score) for piece, score in found if piece not in seen]
+    found.sort(key=lambda x: (not (len(x[0]) == 1 and x[0] not in chars), -x[1]))
     return found[:n]
 
 
