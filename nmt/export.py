@@ -170,7 +170,7 @@ def write_export_dir(out: Path, state: dict, config: dict, spm: Path | bytes, sr
             else:
                 shutil.copyfile(spm, tmp / SPM)
             if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
-                raise UserError(f"{spm} changed while it was being copied (sha256 differs from "
+                raise UserError(f"{spm if isinstance(spm, Path) else SPM} changed while it was being copied (sha256 differs from "
                                 f"the checkpoint's); restore the run's spm.model and export again")
             (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             for f in (WEIGHTS, SPM, CONFIG):

@@ -16,6 +16,7 @@ from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
 from nmt.errors import UserError
 from nmt.inference import Translator, load_inference_checkpoint
 from nmt.langs import FLORES200
+from nmt.translate import main as translate_main
 from nmt.vocab import spm_edit
 from nmt.vocab.__main__ import main as vocab_main
 
@@ -124,6 +125,12 @@ def test_translating_into_the_new_code_uses_its_tag(extended, monkeypatch):
     assert tr.languages == ["deu_Latn", "eng_Latn", "fra_Latn", NEW]
     assert len(tr.translate(["time year"], "eng_Latn", NEW, beam_size=1)) == 1
     assert seen == {"tgt_tag": [SPARE0], "tgt_lang": [len(FLORES200)]}
+    seen.clear()
+    src, hyp = out.parent / "in.txt", out.parent / "out.txt"
+    src.write_text("time year\nwater\n", encoding="utf-8")
+    translate_main([f"ckpt={out}", f"src_lang={NEW}", "tgt_lang=eng_Latn", f"input={src}", f"output={hyp}", "beam=1"])
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 2
+    assert seen["tgt_tag"] == [FIRST_TAG_ID + FLORES200.index("eng_Latn")] * 2
 
 
 def test_init_from_a_grown_vocabulary(smoke_run, prepared_corpus, texts, tmp_path):

@@ -81,6 +81,17 @@ def _summary(rows: dict[str, dict], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _row(score: dict, ref: dict | None, is_new: bool) -> dict[str, Any]:
+    """One direction: its scores, the reference's and the change (None where either is missing)."""
+    row: dict[str, Any] = {"new": is_new}
+    for m in DELTA_METRICS:
+        row[m] = score.get(m)
+        row[f"ref_{m}"] = None if ref is None else ref.get(m)
+        both = row[m] is not None and row[f"ref_{m}"] is not None
+        row[f"delta_{m}"] = float(row[m]) - float(row[f"ref_{m}"]) if both else None
+    return row
+
+
 def compare(results: dict, ref: dict) -> dict[str, Any]:
     """The ``forgetting`` section of results.json (see the module docstring)."""
     _check_signature(results, ref)
@@ -88,14 +99,8 @@ def compare(results: dict, ref: dict) -> dict[str, Any]:
     rows: dict[str, dict] = {}
     for d, s in results["directions"].items():
         r = ref["directions"].get(d)
-        new = (any(c not in ref_langs for c in d.split("-")) if isinstance(ref_langs, list) else r is None)
-        row: dict[str, Any] = {"new": new}
-        for m in DELTA_METRICS:
-            row[m] = s.get(m)
-            row[f"ref_{m}"] = None if r is None else r.get(m)
-            both = row[m] is not None and row[f"ref_{m}"] is not None
-            row[f"delta_{m}"] = float(row[m]) - float(row[f"ref_{m}"]) if both else None
-        rows[d] = row
+        is_new = any(c not in ref_langs for c in d.split("-")) if isinstance(ref_langs, list) else r is None
+        rows[d] = _row(s, r, is_new)
     deltas = tuple(f"delta_{m}" for m in DELTA_METRICS)
     untouched = {d: r for d, r in rows.items() if not r["new"]}
     new = {d: r for d, r in rows.items() if r["new"]}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from sentencepiece import sentencepiece_model_pb2 as pb
 
 from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
 from nmt.errors import UserError
@@ -96,8 +97,8 @@ def grow_embedding(weight: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
     return torch.cat([weight, new], 0)
 
 
-def print_table(before: dict, after: dict, text: Path) -> None:
-    print(f"tokenization of {text}:")
+def print_table(before: dict, after: dict, name: str) -> None:
+    print(f"tokenization of {name}:")
     print(f"{'':10} {'<unk> rate':>11} {'tokens/char':>12} {'tokens':>8}")
     for name, s in (("before", before), ("after", after)):
         print(f"{name:10} {s['unk_rate']:>10.2%} {s['tokens_per_char']:>12.3f} {s['tokens']:>8}")
@@ -107,7 +108,7 @@ def print_table(before: dict, after: dict, text: Path) -> None:
 class VocabEdit:
     """The new SentencePiece model and what changed: the tag's id and the appended pieces."""
 
-    proto: spm_edit.pb.ModelProto
+    proto: pb.ModelProto
     tag_id: int
     pieces: list[tuple[str, float]]  # (piece, score as learned), in the order appended
     new_ids: list[int]
@@ -168,7 +169,7 @@ def report(args: AddLanguage, old: Tokenizer, edit: VocabEdit, text: list[str] |
     print(f"added {args.lang} to {args.ckpt}: tag {lang_tag(args.lang)} at id {edit.tag_id} (init {args.init}); "
           f"{len(edit.new_ids)} new pieces, vocabulary {old.vocab_size} -> {len(edit.proto.pieces)}")
     if text is not None:
-        print_table(spm_edit.text_stats(old_sp, text), spm_edit.text_stats(new_sp, text), args.text)
+        print_table(spm_edit.text_stats(old_sp, text), spm_edit.text_stats(new_sp, text), str(args.text))
     if old_text is not None:
         share = spm_edit.changed_lines(old_sp, new_sp, old_text)
         print(f"segmentation of {args.old_text}: {share:.2%} of its lines changed")
