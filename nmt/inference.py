@@ -40,6 +40,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 SPM = "spm.model"
 
+MAX_LISTED = 40  # languages named in a refusal (an imported NLLB model knows 202)
 KINDS = "a .pt checkpoint, a .dcp checkpoint directory or an export directory (python -m nmt.export)"
 
 
@@ -275,7 +276,8 @@ class Translator:
         outside = sorted({c for pair in pairs for c in pair if c not in known})
         if not outside:
             return
-        listed = ", ".join(self.languages)
+        shown = self.languages[:MAX_LISTED]
+        listed = ", ".join(shown) + (f" … ({len(self.languages)} in all)" if len(shown) < len(self.languages) else "")
         if allow_untrained:
             print(f"warning: the model was not trained on {', '.join(outside)} (its languages: {listed}); "
                   f"translating anyway (allow_untrained_lang=true)", file=sys.stderr, flush=True)

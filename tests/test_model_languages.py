@@ -146,3 +146,18 @@ def test_evaluate_writes_the_forgetting_table(prepared_corpus, tmp_path, capsys)
         results["directions"]["eng_Latn-deu_Latn"]["chrf++"] - rows["eng_Latn-deu_Latn"]["ref_chrf++"])
     assert rows["eng_Latn-deu_Latn"]["delta_chrf++"] > 50
     assert "## Change against the reference" in (hyp_new / "eval" / "results.md").read_text(encoding="utf-8")
+
+
+def test_a_long_language_list_is_cut_in_the_message():
+    from nmt.inference import MAX_LISTED, Translator
+    from nmt.langs import FLORES200
+
+    tr = Translator.__new__(Translator)  # check_languages reads only the language set
+    tr.languages = sorted(FLORES200[:202])
+    with pytest.raises(UserError) as e:
+        tr.check_languages([("eng_Latn", "zul_Latn")])
+    msg = str(e.value)
+    assert "not trained on zul_Latn" in msg and "… (202 in all)" in msg
+    listed = msg.split("its languages are ")[1].split(" … ")[0].split(", ")
+    assert listed == sorted(FLORES200[:202])[:MAX_LISTED]
+    tr.check_languages([("eng_Latn", "fra_Latn")])  # both known: nothing raised
