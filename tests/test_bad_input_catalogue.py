@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from conftest import SMOKE, run_module, train_smoke
 
 # Tiny training overrides: config errors fail before training, the rest stops after 2 steps.

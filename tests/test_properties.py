@@ -230,7 +230,7 @@ def test_batches_partition_examples_within_budget(ex, max_tokens, max_sentences,
         again = batch_by_tokens(ex, max_tokens, max_sentences, one_direction_per_batch=one_direction,
                                 generator=torch.Generator().manual_seed(seed))
         assert len(again) == len(batches)
-        assert all(np.array_equal(a, b) for a, b in zip(again, batches))
+        assert all(np.array_equal(a, b) for a, b in zip(again, batches, strict=True))
 
 
 @MEDIUM
@@ -351,7 +351,7 @@ def test_moses_files_round_trip_line_aligned(pairs, crlf, trailing):
         write_lines(sp, src, crlf, trailing)
         write_lines(tp, tgt, crlf, not trailing)
         got = list(readers.read_moses(sp, tp))
-        assert got == list(zip(without_bom(src), without_bom(tgt)))
+        assert got == list(zip(without_bom(src), without_bom(tgt), strict=True))
         assert readers.count_lines(sp) == len(src)
         assert list(readers.iter_lines(sp)) == without_bom(src)
 
@@ -421,7 +421,7 @@ def test_cleaner_counts_add_up(src, data, max_len, max_ratio, dedup):
     assert all(v >= 0 for v in counts["dropped"].values())
     assert counts["kept"] == len(kept)
     assert counts["kept"] + sum(counts["dropped"].values()) == len(pairs)
-    assert counts["dropped"]["invalid_utf8"] == sum(not (valid(s) and valid(t)) for s, t in zip(src, tgt))
+    assert counts["dropped"]["invalid_utf8"] == sum(not (valid(s) and valid(t)) for s, t in zip(src, tgt, strict=True))
     for s, t in kept:
         assert s and t and s == " ".join(s.split()) and t == " ".join(t.split())
         assert clean.drop_reason(s, t, "eng_Latn", "zho_Hans", max_len=max_len, max_ratio=max_ratio) is None

@@ -36,7 +36,8 @@ def test_temperature_huge_temperature_and_tiny_direction_do_not_underflow():
 
 
 def test_uniform():
-    assert direction_probs({"a": 7, "b": 1, "c": 100, "d": 3}, "uniform") == {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}
+    probs = direction_probs({"a": 7, "b": 1, "c": 100, "d": 3}, "uniform")
+    assert probs == {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}
 
 
 def test_unimax_by_hand():
