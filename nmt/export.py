@@ -96,7 +96,8 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     config = export_config(ck, state, src)
     write_export_dir(out, state, config, ck.tokenizer.path, src)
     total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
-    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {config['weights']['parameters']:,} parameters in "
+    n_params = config["weights"]["parameters"]
+    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
           f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
     print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
           f"src_lang=... tgt_lang=...", flush=True)
@@ -170,7 +171,8 @@ def write_export_dir(out: Path, state: dict, config: dict, spm: Path | bytes, sr
             else:
                 shutil.copyfile(spm, tmp / SPM)
             if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
-                raise UserError(f"{spm if isinstance(spm, Path) else SPM} changed while it was being copied (sha256 differs from "
+                name = spm if isinstance(spm, Path) else SPM
+                raise UserError(f"{name} changed while it was being copied (sha256 differs from "
                                 f"the checkpoint's); restore the run's spm.model and export again")
             (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             for f in (WEIGHTS, SPM, CONFIG):

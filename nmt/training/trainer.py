@@ -180,12 +180,13 @@ class Trainer:
         from nmt.inference import load_inference_checkpoint
 
         ck = load_inference_checkpoint(path)  # a .pt, a .dcp or an export (e.g. from nmt.vocab add-language)
-        if ck.tokenizer.sha256 != self.tokenizer.sha256:
+        theirs, ours = ck.tokenizer, self.tokenizer
+        if theirs.sha256 != ours.sha256:
             raise UserError(
-                f"trainer.init_from={path} was trained with the vocabulary {ck.tokenizer.path} ({ck.tokenizer.vocab_size} "
-                f"pieces, sha256 {ck.tokenizer.sha256[:12]}…) but data.corpus has {self.tokenizer.path} "
-                f"({self.tokenizer.vocab_size} pieces, sha256 {self.tokenizer.sha256[:12]}…): copy {ck.tokenizer.path} "
-                f"to {self.tokenizer.path} and re-binarize (python -m data_prep.binarize --corpus CORPUS --overwrite)")
+                f"trainer.init_from={path} was trained with the vocabulary {theirs.path} ({theirs.vocab_size} "
+                f"pieces, sha256 {theirs.sha256[:12]}…) but data.corpus has {ours.path} ({ours.vocab_size} pieces, "
+                f"sha256 {ours.sha256[:12]}…): copy {theirs.path} to {ours.path} and re-binarize "
+                f"(python -m data_prep.binarize --corpus CORPUS --overwrite)")
         self.base_languages = list(ck.languages or [])
         missing, unexpected = self.model.load_state_dict(ck.state, strict=False)
         missing = [k for k in missing if not is_adapter_parameter(k)]

@@ -15,10 +15,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-from sentencepiece import sentencepiece_model_pb2 as pb
 
 from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
 from nmt.errors import UserError
@@ -49,7 +48,8 @@ class AddLanguage:
             raise UserError(f"--lang {self.lang!r} is not a language code of the form xxx_Scrp (ISO 639-3 letters, "
                             f"an ISO 15924 script, optionally _ and a glottocode: swh_Latn, xyz_Latn_abcd1234)")
         if not (self.init == "mean" or (self.init.startswith("from:") and len(self.init) > 5)):
-            raise UserError(f"--init {self.init!r}: use mean or from:LANG (a language of the model, e.g. from:fra_Latn)")
+            raise UserError(f"--init {self.init!r}: use mean or from:LANG (a language of the model, "
+                            f"e.g. from:fra_Latn)")
         if self.new_pieces < 0:
             raise UserError(f"--new-pieces {self.new_pieces} must be positive")
         if self.new_pieces and self.text is None:
@@ -69,7 +69,8 @@ def read_text(path: Path, option: str) -> list[str]:
         try:
             text = line.rstrip(b"\r").decode("utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"{option} {path}:{no}: invalid UTF-8 at byte {e.start}; convert the file to UTF-8") from None
+            raise UserError(f"{option} {path}:{no}: invalid UTF-8 at byte {e.start}; "
+                            f"convert the file to UTF-8") from None
         if text.strip():
             lines.append(text.strip())
     if not lines:
@@ -108,7 +109,7 @@ def print_table(before: dict, after: dict, name: str) -> None:
 class VocabEdit:
     """The new SentencePiece model and what changed: the tag's id and the appended pieces."""
 
-    proto: pb.ModelProto
+    proto: Any  # sentencepiece_model_pb2.ModelProto (no type stubs)
     tag_id: int
     pieces: list[tuple[str, float]]  # (piece, score as learned), in the order appended
     new_ids: list[int]
@@ -158,7 +159,8 @@ def new_config(ck: InferenceCheckpoint, state: dict, args: AddLanguage, edit: Vo
     if added:
         config["added_languages"] = added
     config["vocab_edit"] = {"added_language": args.lang, "tag_id": edit.tag_id, "init": args.init,
-                            "new_pieces": len(edit.new_ids), "first_new_piece_id": edit.new_ids[0] if edit.new_ids else None,
+                            "new_pieces": len(edit.new_ids),
+                            "first_new_piece_id": edit.new_ids[0] if edit.new_ids else None,
                             "text": str(args.text) if args.text else None}
     return config
 

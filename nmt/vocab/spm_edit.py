@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
@@ -20,23 +21,25 @@ from nmt.data.tokenizer import FIRST_TAG_ID, UNK_ID
 from nmt.errors import UserError
 from nmt.langs import FLORES200, lang_tag
 
-NORMAL = pb.ModelProto.SentencePiece.NORMAL
+# The generated protobuf module has no type stubs: its message class is typed as Any here.
+ModelProto: Any = pb.ModelProto  # type: ignore[attr-defined]
+NORMAL = ModelProto.SentencePiece.NORMAL
 SCORE_MARGIN = 1.0  # the best new piece scores this much below the worst old piece
 
 
-def parse(data: bytes) -> pb.ModelProto:
-    proto = pb.ModelProto()
+def parse(data: bytes) -> Any:
+    proto = ModelProto()
     proto.ParseFromString(data)
     return proto
 
 
-def processor(proto: pb.ModelProto) -> spm.SentencePieceProcessor:
+def processor(proto: Any) -> spm.SentencePieceProcessor:
     sp = spm.SentencePieceProcessor()
     sp.LoadFromSerializedProto(proto.SerializeToString())
     return sp
 
 
-def take_spare_slot(proto: pb.ModelProto, code: str) -> int:
+def take_spare_slot(proto: Any, code: str) -> int:
     """Rename the first free ``__spareN__`` piece to ``__code__``; returns its id."""
     for i in range(FIRST_TAG_ID + len(FLORES200), len(proto.pieces)):
         if proto.pieces[i].piece.startswith("__spare"):
@@ -46,7 +49,7 @@ def take_spare_slot(proto: pb.ModelProto, code: str) -> int:
                     f"language already; retrain the vocabulary (python -m data_prep.train_spm) with the languages")
 
 
-def learn_pieces(proto: pb.ModelProto, lines: Sequence[str], n: int,
+def learn_pieces(proto: Any, lines: Sequence[str], n: int,
                  avoid: Sequence[str] = ()) -> list[tuple[str, float]]:
     """Up to ``n`` (piece, score) pairs the old model lacks, learned from ``lines`` with a small
     unigram model (same normalization as the old one): first the characters the old model has no
@@ -74,7 +77,7 @@ def learn_pieces(proto: pb.ModelProto, lines: Sequence[str], n: int,
     return found[:n]
 
 
-def append_pieces(proto: pb.ModelProto, pieces: Sequence[tuple[str, float]]) -> list[int]:
+def append_pieces(proto: Any, pieces: Sequence[tuple[str, float]]) -> list[int]:
     """Append ``pieces`` as NORMAL pieces scored below every old piece; returns their ids."""
     if not pieces:
         return []
@@ -90,10 +93,10 @@ def append_pieces(proto: pb.ModelProto, pieces: Sequence[tuple[str, float]]) -> 
     return ids
 
 
-def literal_processor(proto: pb.ModelProto) -> spm.SentencePieceProcessor:
+def literal_processor(proto: Any) -> spm.SentencePieceProcessor:
     """The old model encoding a piece's text as it stands (no dummy prefix, spaces kept), so a
     piece ``▁abc`` decomposes into the old pieces of ``▁abc``."""
-    copy = pb.ModelProto()
+    copy = ModelProto()
     copy.CopyFrom(proto)
     copy.normalizer_spec.add_dummy_prefix = False
     copy.normalizer_spec.remove_extra_whitespaces = False
@@ -120,4 +123,4 @@ def changed_lines(old: spm.SentencePieceProcessor, new: spm.SentencePieceProcess
     if not lines:
         return 0.0
     a, b = old.encode(list(lines), out_type=int), new.encode(list(lines), out_type=int)
-    return sum(1 for x, y in zip(a, b) if x != y) / len(lines)
+    return sum(1 for x, y in zip(a, b, strict=True) if x != y) / len(lines)
