@@ -226,6 +226,26 @@ def test_existing_out_is_refused_without_overwrite(smoke_run, extended, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_no_spare_slot_left_is_refused_by_the_cli(extended, tmp_path, capsys):
+    """An export whose every spare slot holds a language (its spm.model edited, config.json's sha256 updated)."""
+    import hashlib
+
+    full = tmp_path / "full"
+    shutil.copytree(extended[0], full)
+    proto = spm_edit.parse((full / "spm.model").read_bytes())
+    for i in range(1, 52):
+        spm_edit.take_spare_slot(proto, f"q{chr(97 + i // 26)}{chr(97 + i % 26)}_Latn")
+    data = proto.SerializeToString()
+    (full / "spm.model").write_bytes(data)
+    cfg = json.loads((full / "config.json").read_text(encoding="utf-8"))
+    cfg["tokenizer"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (full / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    assert len(Tokenizer(full / "spm.model").added_languages()) == 52
+    err = _refused(capsys, [full, tmp_path / "out", "--lang", "qzz_Latn"])
+    assert "no spare language-tag slot is left for qzz_Latn" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
 def test_no_spare_slot_left(smoke_run):
     proto = spm_edit.parse((smoke_run / "spm.model").read_bytes())
     for i in range(52):  # qaa_Latn, qab_Latn, ... (ISO 639-3 reserves qaa-qtz for local use)
