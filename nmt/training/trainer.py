@@ -21,7 +21,7 @@ from nmt.config import Config
 from data_prep.binarize import check_bin_matches
 from nmt.data.loader import ParallelData, TrainLoader, valid_batches
 from nmt.curriculum import check_stages, stage_at
-from nmt.data.sampling import direction_probs
+from nmt.data.sampling import probs_for_run
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.langs import languages_of, parse_direction
@@ -31,7 +31,7 @@ from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
 from nmt.training.logging import RunLogger
-from nmt.training.loss import label_smoothed_nll
+from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.precision import choose_precision
 from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.run_setup import prepare_run_dir, resolve_corpus, resolve_directions
@@ -203,8 +203,7 @@ class Trainer:
         sp = self.cfg.sampling
         sizes = {d: n for d, n in self.train_data.sizes().items() if d in directions}
         weights = {k: v for k, v in sp.weights.items() if "-".join(parse_direction(k)) in sizes}
-        return direction_probs(sizes, sp.method, sp.temperature, weights, sp.unimax_budget or None,
-                               sp.unimax_max_epochs)
+        return probs_for_run(self.cfg, sizes, weights, self.train_data, self.world)
 
     def _enter_stage(self, stage: int) -> None:
         start, directions = self.stages[stage]
@@ -325,6 +324,7 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, batch, n_directions: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         b = batch.to(self.device)
+        b = with_target_tag(b) if self.cfg.trainer.loss_include_tag else b
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
             logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
