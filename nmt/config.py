@@ -17,7 +17,7 @@ from nmt.errors import UserError
 
 @dataclass
 class MoEConfig:
-    """Mixture-of-Experts feed-forward layers (GShard/NLLB semantics, see nmt/models/moe.py)."""
+    """Mixture-of-Experts feed-forward layers (GShard/NLLB semantics, see nmt/models/moe/)."""
 
     experts: int = 0  # 0: a dense model
     top_k: int = 2  # 1 | 2
@@ -25,7 +25,8 @@ class MoEConfig:
     encoder_freq: int = 0  # encoder layer i is MoE when (i+1) % encoder_freq == 0; 0: none
     decoder_freq: int = 0  # same for the decoder
     second_expert_policy: str = "all"  # all (NLLB) | sampling (Gumbel noise) | random (keep if 2*g2 > U)
-    capacity_factor: float = 1.0  # C = ceil(capacity_factor * top_k * tokens / experts)
+    capacity_factor: float = 1.0  # cf in the capacity rule
+    capacity_rule: str = "exact"  # exact: ceil(cf*k*real_tokens/E) | fairseq: int(cf*k*ceil(S/E)), S with padding
     dropless: bool = False  # no capacity: every assignment is computed
     eval_capacity_token_fraction: float = 1.0  # eval C = ceil(fraction * tokens); <= 0: training rule
     batch_prioritized: bool = False  # fill slots by router confidence instead of token order
@@ -39,6 +40,7 @@ class MoEConfig:
     cmr_gate_dropout: float = 0.0
     cmr_budget: float = 0.8  # target share p of tokens sent to the MoE branch
     cmr_loss_weight: float = 0.1
+    cmr_budget_loss: str = "global"  # global: w*|sum used / sum total - p| over all CMR layers (fairseq) | per_layer
     impl: str = "native"  # native | fairscale (reference backend, optional extra)
 
 
@@ -247,6 +249,10 @@ def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
     for key in ("eom", "fom", "cmr_gate_dropout"):
         _check(0 <= getattr(x, key) < 1, f"model.moe.{key}", getattr(x, key), "use a rate in [0, 1)")
     _check(0 <= x.cmr_budget <= 1, "model.moe.cmr_budget", x.cmr_budget, "use a share in [0, 1]")
+    _check(x.cmr_budget_loss in ("global", "per_layer"), "model.moe.cmr_budget_loss", x.cmr_budget_loss,
+           "use global (one term over all CMR layers, as fairseq) or per_layer")
+    _check(x.capacity_rule in ("exact", "fairseq"), "model.moe.capacity_rule", x.capacity_rule,
+           "use exact (ceil(cf*k*real_tokens/E)) or fairseq (int(cf*k*ceil(batch_tokens/E)), padding counted)")
     _check(x.impl in ("native", "fairscale"), "model.moe.impl", x.impl, "use native or fairscale")
     if x.impl == "fairscale":
         _check(x.top_k == 2 and x.second_expert_policy == "sampling" and not x.dropless and x.eom == 0

@@ -26,7 +26,6 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.langs import languages_of, parse_direction
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
-from nmt.models.moe import AuxLossThroughOutput
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
@@ -327,7 +326,8 @@ class Trainer:
         b = with_target_tag(b) if self.cfg.trainer.loss_include_tag else b
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
-            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
+            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted,
+                                       aux_loss_scale=float(counted.sum()))
         direction = b.direction[:, None].expand_as(b.target)[counted]
         out = label_smoothed_nll(logits, b.target[counted], self.cfg.optim.label_smoothing, direction, n_directions)
         return out.loss, out, aux
@@ -353,7 +353,6 @@ class Trainer:
                             loss = loss + value * out.ntokens  # aux losses are per-token means
                         else:
                             attached += float(value) * out.ntokens
-                AuxLossThroughOutput.scale = float(out.ntokens)
                 loss.backward()
             aux_meter.add(aux)
             objective += float(loss.detach()) + attached
