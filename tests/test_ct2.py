@@ -212,3 +212,18 @@ def test_a_banned_token_that_wins_is_searched_again_with_it_suppressed(random_ex
     again = [h for h, _ in tr.translate_scored(lines, "eng_Latn", "fra_Latn", beam_size=4)]
     assert any(frequent in h for h in first) and all(frequent not in h for h in again)
     assert all(a == f for f, a in zip(first, again, strict=True) if frequent not in f)  # the others: not searched again
+
+
+def test_backend_ct2_refuses_an_untrained_language_like_torch(random_export, tmp_path):
+    from nmt.interop.ct2 import convert_hf_dir
+
+    ct2 = tmp_path / "ct2"
+    convert_hf_dir(random_export[0], ct2, languages=["eng_Latn", "fra_Latn"])
+    src = tmp_path / "in.txt"
+    src.write_text(_lines(1, 15)[0] + "\n", encoding="utf-8")
+    args = ["nmt.translate", "backend=ct2", f"ckpt={ct2}", "src_lang=deu_Latn", "tgt_lang=fra_Latn", f"input={src}"]
+    proc = run_module(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: the model was not trained on deu_Latn")
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+    proc = run_module(*args, "allow_untrained_lang=true")
+    assert "warning: the model was not trained on deu_Latn" in proc.stderr and len(proc.stdout.splitlines()) == 1

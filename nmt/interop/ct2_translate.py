@@ -40,6 +40,7 @@ import sentencepiece
 from nmt.config import EvalConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
+from nmt.inference import Translator
 from nmt.interop.ct2 import read_ct2_config
 from nmt.langs import normalize_lang
 
@@ -91,12 +92,19 @@ class Ct2Translator:
             raise UserError(f"CTranslate2 cannot load {self.dir} on device={device} ({str(e)[:200]}); "
                             f"convert the model again or choose another device") from None
         self._suppress = [[t] for t in self.meta["suppress_tokens"]]
+        self.languages: list[str] | None = list(self.meta.get("languages") or []) or None  # trained ones
         self._banned = set(self.meta["suppress_tokens"])
         self._drop = self._banned | {EOS}
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu") -> Ct2Translator:
         return cls(path, device=device)
+
+    check_languages = Translator.check_languages  # the same refusal (or warning) on self.languages
+
+    def resolve_lang(self, code: str, where: str) -> str:
+        """A code of this export (Flores-200 codes and their aliases)."""
+        return code if code in self.meta["language_tokens"] else normalize_lang(code, where=where)
 
     def lang_token(self, code: str, where: str) -> str:
         code = normalize_lang(code, where=where)
