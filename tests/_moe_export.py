@@ -10,7 +10,7 @@ import torch
 
 from nmt.config import ModelConfig, MoEConfig
 from nmt.data.tokenizer import Tokenizer
-from nmt.export import export_config, export_state, write_export
+from nmt.export import export_config, tensors_for_safetensors, write_export_dir
 from nmt.models.build import build_model
 
 DIRECTIONS = ["eng_Latn-fra_Latn", "fra_Latn-eng_Latn", "eng_Latn-deu_Latn", "deu_Latn-eng_Latn"]
@@ -28,9 +28,9 @@ def random_export(out: Path, spm: Path, experts: int = 4, top_k: int = 2, seed: 
         for name, p in model.named_parameters():
             if name.endswith("router.weight"):
                 p.normal_(0, 1.0)
-    state = export_state(model)
+    state = tensors_for_safetensors(model.state_dict())
     ck = SimpleNamespace(info={"directions": DIRECTIONS, "tokenizer_sha256": tok.sha256, "step": 0},
-                         model_config=asdict(cfg), tokenizer=tok, kind="pt",
+                         model_config=asdict(cfg), tokenizer=tok, kind="pt", languages=["deu_Latn", "eng_Latn", "fra_Latn"],
                          eval_config={"beam": 2, "lenpen": 1.0, "batch_size": 8, "max_len_a": 0.0, "max_len_b": 6})
-    write_export(out, state, export_config(ck, state, Path("random")), spm, "random")
+    write_export_dir(out, state, export_config(ck, state, Path("random")), spm, what="random model")
     return out

@@ -117,7 +117,7 @@ def _chrf(translator, dirs, langs, beam: int | None) -> dict[str, float]:
 def prune(args) -> dict:
     from nmt.config import EvalConfig
     from nmt.eval import flores
-    from nmt.export import check_out_dir, export_config, export_state, write_export
+    from nmt.export import check_out_dir, export_config, tensors_for_safetensors, write_export_dir
     from nmt.inference import Translator, _dataclass_from
     from nmt.moe_tools import prune as P
 
@@ -135,7 +135,7 @@ def prune(args) -> dict:
     evals = {c: v[: args.max_lines] for c, v in evals.items()}
     usages = P.usage_per_direction(model, ck.tokenizer, args.calib, args.split, dirs, args.max_lines)
     kept = P.choose(P.importance(usages, args.by), keep)
-    full = export_state(model)
+    full = tensors_for_safetensors(model.state_dict())
     state = P.pruned_state(full, kept)
     config = export_config(ck, state, Path(args.ckpt))
     config["model"] = {**ck.model_config, "moe": {**moe, "experts": keep}}
@@ -143,7 +143,7 @@ def prune(args) -> dict:
     config["languages"] = sorted(langs)
     config["pruned"] = {"from_experts": int(moe["experts"]), "keep": keep, "by": args.by,
                         "calibration": f"{args.calib}/{args.split}", "kept": kept}
-    write_export(out, state, config, ck.tokenizer.path, args.ckpt)
+    write_export_dir(out, state, config, ck.tokenizer.path, what=f"checkpoint {args.ckpt}")
     beam = args.beam or None
     defaults = _dataclass_from(EvalConfig, ck.eval_config)
     before = _chrf(Translator(model, ck.tokenizer, defaults, model.embed.weight.device), dirs, evals, beam)
