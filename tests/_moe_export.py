@@ -30,7 +30,8 @@ def random_export(out: Path, spm: Path, experts: int = 4, top_k: int = 2, seed: 
                 p.normal_(0, 1.0)
     state = tensors_for_safetensors(model.state_dict())
     ck = SimpleNamespace(info={"directions": DIRECTIONS, "tokenizer_sha256": tok.sha256, "step": 0},
-                         model_config=asdict(cfg), tokenizer=tok, kind="pt", languages=["deu_Latn", "eng_Latn", "fra_Latn"],
+                         model_config=asdict(cfg), tokenizer=tok, kind="pt",
+                         languages=["deu_Latn", "eng_Latn", "fra_Latn"],
                          eval_config={"beam": 2, "lenpen": 1.0, "batch_size": 8, "max_len_a": 0.0, "max_len_b": 6})
     write_export_dir(out, state, export_config(ck, state, Path("random")), spm, what="random model")
     return out
