@@ -184,3 +184,12 @@ def test_buffered_export_holds_no_expert_weights_but_its_buffer(moe_export):
     stats = buffer_stats(buffered.model)
     assert stats["loads"] == sum(v["loads"] for v in stats["layers"].values()) > 0
     assert stats["bytes_moved"] == stats["loads"] * (32 * 64 + 64 + 64 * 32 + 32) * 4
+
+
+def test_moe_options_need_the_torch_backend(tmp_path):
+    from nmt.errors import UserError
+    from nmt.interop.backend import load_translator
+    from nmt.moe_tools.options import MoEServeConfig
+
+    with pytest.raises(UserError, match="need backend=torch"):
+        load_translator("ct2", str(tmp_path), "cpu", MoEServeConfig(inference="dynamic"))

@@ -49,8 +49,8 @@ def _tiers(ckpt: Any, kind: str, where: Path, device: torch.device) -> dict[str,
             if device.type == "cuda":  # the paper's setting: every expert in pinned CPU memory, K on the GPU
                 return {pre: TensorTier({p: f.get_tensor(pre + p) for p in PARAMS}, device) for pre in prefixes}
         return {pre: SafetensorsTier(where / WEIGHTS, pre, device) for pre in prefixes}
-    prefixes = {k[: -len("w1")] for k in ckpt.state if k.endswith(".experts.w1")}
-    return {pre: TensorTier({p: ckpt.state.pop(pre + p) for p in PARAMS}, device) for pre in sorted(prefixes)}
+    in_memory = sorted({k[: -len("w1")] for k in ckpt.state if k.endswith(".experts.w1")})
+    return {pre: TensorTier({p: ckpt.state.pop(pre + p) for p in PARAMS}, device) for pre in in_memory}
 
 
 def buffer_experts(model: nn.Module, tiers: dict, resident: int, policy: str, where: str) -> None:
