@@ -193,3 +193,29 @@ def test_moe_options_need_the_torch_backend(tmp_path):
 
     with pytest.raises(UserError, match="need backend=torch"):
         load_translator("ct2", str(tmp_path), "cpu", MoEServeConfig(inference="dynamic"))
+
+
+def test_buffering_a_pt_checkpoint_uses_its_tensors_and_matches(moe_export, tmp_path):
+    """The in-memory tier: a .pt checkpoint (same weights as the export) buffered with K=2."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from nmt.inference import Translator, read_export_config
+    from nmt.moe_tools.options import MoEServeConfig
+    from nmt.moe_tools.serving import buffer_stats
+    from nmt.training.checkpoint import save_checkpoint
+
+    meta = read_export_config(moe_export)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(moe_export / "spm.model", run / "spm.model")
+    save_checkpoint({"model": load_file(moe_export / "model.safetensors"), "step": 0,
+                     "config": {"model": meta["model"], "eval": meta["eval"]},
+                     "tokenizer": {"sha256": meta["tokenizer"]["sha256"]}, "directions": meta["directions"]},
+                    run / "checkpoints" / "best.pt")
+    ckpt = run / "checkpoints" / "best.pt"
+    plain = Translator.from_checkpoint(ckpt).translate(LINES, "eng_Latn", "fra_Latn")
+    buffered = Translator.from_checkpoint(ckpt, moe=MoEServeConfig(resident_experts=2, buffer_policy="lifo"))
+    assert buffered.translate(LINES, "eng_Latn", "fra_Latn") == plain
+    assert buffer_stats(buffered.model)["loads"] > 0
