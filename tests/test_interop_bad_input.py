@@ -174,5 +174,5 @@ def test_a_run_started_before_position_offset_resumes_only_with_offset_0(tmp_pat
         with pytest.raises(UserError, match="model.position_offset=0"):
             prepare_run_dir(run, tmp_path / "spm.model", "x", {"model": {"d_model": 64, "position_offset": 2}}, mode)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
-    old = {"d_model": 64, "position_offset": 0, "source_convention": "tag_first"}
+    old = {"d_model": 64, "position_offset": 0, "source_convention": "tag_first", "absent_ids": []}
     assert prepare_run_dir(run, tmp_path / "spm.model", "x", {"model": old}, "auto")  # resumes
