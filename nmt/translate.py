@@ -29,6 +29,7 @@ class TranslateArgs:
     beam: int = 0  # 0: the checkpoint's eval.beam
     lenpen: float = -1.0  # <0: the checkpoint's eval.lenpen
     batch_size: int = 0  # 0: the checkpoint's eval.batch_size
+    length_convention: str = ""  # nmt | hf (Transformers' generate); "": the checkpoint's eval.length_convention
     device: str = "cpu"  # cpu | cuda | auto
     overwrite: bool = False  # replace an existing output=FILE
 
@@ -41,6 +42,8 @@ class TranslateArgs:
         normalize_lang(self.tgt_lang, where="tgt_lang")
         if self.beam < 0 or self.batch_size < 0:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
+        if self.length_convention not in ("", "nmt", "hf"):
+            raise UserError(f"length_convention={self.length_convention!r}: use nmt or hf (docs/interop.md)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
         if self.output:
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = read_lines(args.input)
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,
-        len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None)
+        len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None,
+        length_convention=args.length_convention or None)
     text = "".join(h + "\n" for h in hyps)
     if args.output:
         atomic_write(args.output, text, overwrite=args.overwrite)
