@@ -26,12 +26,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nmt import __version__
 from nmt.config import saved_model_config
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_dir, sha256_file
+
+if TYPE_CHECKING:
+    from nmt.inference import InferenceCheckpoint
 
 USAGE = "python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]"
 # --format value -> "module:function" with the signature fn(ckpt, out_dir, overwrite=False) -> dict
@@ -93,17 +96,7 @@ def _human(n: int) -> str:
 
 def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Write the export of ``ckpt`` to ``out_dir``; returns its config.json object."""
-    import torch
-
-    from nmt.inference import (
-        CONFIG,
-        EXPORT_FORMAT,
-        EXPORT_VERSION,
-        SPM,
-        WEIGHTS,
-        checkpoint_kind,
-        load_inference_checkpoint,
-    )
+    from nmt.inference import CONFIG, SPM, WEIGHTS, checkpoint_kind, load_inference_checkpoint
 
     src, out = Path(ckpt), Path(out_dir)
     check_out_dir(out, src, overwrite)  # before the (possibly long) load
@@ -111,32 +104,12 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     print(f"loading {src} ({kind})", flush=True)
     ck = load_inference_checkpoint(src)
     model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
-    state: dict[str, torch.Tensor] = tensors_for_safetensors(model.state_dict())
+    state = tensors_for_safetensors(model.state_dict())
     del model
-    n_params = sum(t.numel() for t in state.values())
-    directions = list(ck.info.get("directions") or [])
-    model_cfg = saved_model_config(ck.model_config)  # an old checkpoint's export records position_offset=0
-    config: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_VERSION,
-        "nmt_version": __version__,
-        "torch_version": torch.__version__,
-        "model": model_cfg,
-        "vocab_size": ck.tokenizer.vocab_size,
-        "eval": ck.eval_config,
-        "directions": directions,
-        "languages": sorted({code for d in directions for code in str(d).split("-")})
-        or list(((ck.info.get("source") or {}).get("hf") or {}).get("codes") or []),  # an import: its codes
-        "tokenizer": {"file": SPM, "sha256": ck.info["tokenizer_sha256"]},
-        "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": n_params,
-                    "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},
-        "source": {"checkpoint": str(src.resolve()), "kind": ck.kind, "step": ck.info.get("step"),
-                   "best_step": ck.info.get("best_step"), "world_size": ck.info.get("world_size")},
-    }
-    if ck.kind == "export":  # re-export: keep the original provenance
-        config["source"] = {**(ck.info.get("source") or {}), "exported_from": str(src.resolve())}
+    config = export_config(ck, state, src)
     write_export_dir(out, state, config, ck.tokenizer.path, what=f"checkpoint {src}")
     total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
+    n_params = config["weights"]["parameters"]
     print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
           f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
     print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
@@ -144,22 +117,55 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     return config
 
 
-def tensors_for_safetensors(state: dict) -> dict:
-    """Contiguous CPU tensors; a tied copy (shared memory, which safetensors refuses) gets its own storage."""
-    out, seen = {}, set()
-    for name, t in state.items():
+def tensors_for_safetensors(named: dict) -> dict:
+    """CPU, contiguous tensors; a tied copy gets its own storage (safetensors refuses shared memory)."""
+    state = {}
+    seen: set[tuple[int, int]] = set()
+    for name, t in named.items():
         t = t.detach().to("cpu").contiguous()
         key = (t.untyped_storage().data_ptr(), t.storage_offset())
         if key in seen:
             t = t.clone()
         seen.add(key)
-        out[name] = t
-    return out
+        state[name] = t
+    return state
 
 
-def write_export_dir(out: Path, state: dict, config: dict, spm_path: Path, what: str) -> None:
-    """Write ``model.safetensors``, ``spm.model`` (checked against ``config["tokenizer"]["sha256"]``)
-    and ``config.json`` (gets the weights' bytes and sha256) into a new OUT_DIR, atomically."""
+def export_config(ck: InferenceCheckpoint, state: dict, src: Path) -> dict:
+    """The ``config.json`` object of an export of ``ck`` holding ``state`` (weights' bytes/sha256 come later)."""
+    import torch
+
+    from nmt.inference import EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
+
+    directions = list(ck.info.get("directions") or [])
+    config: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "nmt_version": __version__,
+        "torch_version": torch.__version__,
+        "model": saved_model_config(ck.model_config),  # an old checkpoint's export records position_offset=0
+        "vocab_size": ck.tokenizer.vocab_size,
+        "eval": ck.eval_config,
+        "directions": directions,
+        "languages": ck.languages or [],  # the model's language set (the trainer's record, else its directions)
+        "tokenizer": {"file": SPM, "sha256": ck.info["tokenizer_sha256"]},
+        "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": sum(t.numel() for t in state.values()),
+                    "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},
+        "source": {"checkpoint": str(src.resolve()), "kind": ck.kind, "step": ck.info.get("step"),
+                   "best_step": ck.info.get("best_step"), "world_size": ck.info.get("world_size")},
+    }
+    added = ck.tokenizer.added_languages()
+    if added:  # languages in spare tag slots (nmt.vocab add-language): code -> tag id
+        config["added_languages"] = added
+    if ck.kind == "export":  # re-export: keep the original provenance
+        config["source"] = {**(ck.info.get("source") or {}), "exported_from": str(src.resolve())}
+    return config
+
+
+def write_export_dir(out: Path, state: dict, config: dict, spm: Path | bytes, what: str) -> None:
+    """Write ``model.safetensors``, ``spm.model`` (a copy of the file ``spm``, or the bytes ``spm``) and
+    ``config.json`` (its weights' bytes and sha256 filled in here) into ``out`` as one atomic directory;
+    the caller checked ``out`` (:func:`check_out_dir`)."""
     from safetensors.torch import save_file
 
     from nmt.inference import CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
@@ -173,10 +179,14 @@ def write_export_dir(out: Path, state: dict, config: dict, spm_path: Path, what:
             os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it 0600; the others follow the umask
             config["weights"]["bytes"] = (tmp / WEIGHTS).stat().st_size
             config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
-            shutil.copyfile(spm_path, tmp / SPM)
+            if isinstance(spm, bytes):
+                (tmp / SPM).write_bytes(spm)
+            else:
+                shutil.copyfile(spm, tmp / SPM)
             if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
-                raise UserError(f"{spm_path} changed while it was being copied (sha256 differs from "
-                                f"the recorded one); restore the run's spm.model and export again")
+                name = spm if isinstance(spm, Path) else SPM
+                raise UserError(f"{name} changed while it was being copied (sha256 differs from "
+                                f"the checkpoint's); restore the run's spm.model and export again")
             (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             for f in (WEIGHTS, SPM, CONFIG):
                 with open(tmp / f, "rb") as fh:

@@ -97,3 +97,19 @@ def test_beam_search_gives_generate_ids(imported, lenpen):
         at_limit += not ended
         assert ended or len(hyp) == LIMIT
     assert 3 <= at_limit <= len(lines) - 10, at_limit  # both kinds of ending are compared
+
+
+def test_add_language_makes_an_absent_tag_present(imported, tmp_path):
+    from nmt.inference import load_inference_checkpoint
+    from nmt.vocab.add_language import AddLanguage, add_language
+
+    ck = imported[0]
+    arb = ck.tokenizer.lang_id("arb_Latn")
+    assert arb in ck.model_config["absent_ids"]
+    add_language(AddLanguage(ck.path, tmp_path / "more", "arb_Latn", init="from:fra_Latn"))
+    more = load_inference_checkpoint(tmp_path / "more")
+    assert more.model_config["absent_ids"] == [i for i in ck.model_config["absent_ids"] if i != arb]
+    model = more.build_model()
+    with torch.no_grad():
+        logits = model(torch.tensor([[4, 300, 3]]), torch.tensor([[3, arb]]))[0]
+    assert bool(logits[..., arb].isfinite().all()) and bool(logits[..., more.model_config["absent_ids"]].isinf().all())

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nmt.errors import UserError
+from nmt.eval.forgetting import format_forgetting
 from nmt.eval.resource import RESOURCE_GROUPS
 from nmt.fileio import atomic_write
 from nmt.langs import direction_group
@@ -175,6 +176,8 @@ def format_markdown(results: dict) -> str:
                      f"low < {r['thresholds']['low']:,}, very low < {r['thresholds']['very_low']:,} "
                      "(NLLB's definitions); zero-shot: no training pair.")
     parts.append(format_table(results))
+    if results.get("forgetting"):
+        parts.append(format_forgetting(results["forgetting"]))
     return "\n\n".join(parts)
 
 
@@ -184,6 +187,8 @@ def print_table(results: dict) -> None:
     for note in results.get("notes", []):
         print(f"note: {note}")
     print(format_table(results), flush=True)
+    if results.get("forgetting"):
+        print(format_forgetting(results["forgetting"]), flush=True)
 
 
 def chart_png(results: dict) -> bytes:
