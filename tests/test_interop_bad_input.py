@@ -180,7 +180,6 @@ def test_a_run_started_before_position_offset_resumes_only_with_offset_0(tmp_pat
 
 def test_bad_absent_ids_and_length_convention_are_refused(tmp_path):
     from conftest import run_module
-
     from nmt.errors import UserError
 
     with pytest.raises(UserError, match="model.absent_ids"):  # a record of another vocabulary
