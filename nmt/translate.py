@@ -51,6 +51,9 @@ class TranslateArgs:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
         if self.length_convention not in ("", "nmt", "hf"):
             raise UserError(f"length_convention={self.length_convention!r}: use nmt or hf (docs/interop.md)")
+        if self.length_convention and self.backend != "torch":
+            raise UserError(f"length_convention={self.length_convention} is an option of backend=torch (nmt's beam "
+                            f"search); CTranslate2 keeps its own rule (nmt/interop/ct2_translate.py)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
         check_backend(self.backend)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,
         len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None,
-        length_convention=args.length_convention or None)
+        **({"length_convention": args.length_convention} if args.length_convention else {}))
     text = "".join(h + "\n" for h in hyps)
     if args.output:
         atomic_write(args.output, text, overwrite=args.overwrite)

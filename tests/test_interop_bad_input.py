@@ -189,3 +189,7 @@ def test_bad_absent_ids_and_length_convention_are_refused(tmp_path):
                       "length_convention=fairseq", check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and last.startswith("error: ") and "length_convention" in last, proc.stderr[-500:]
+    proc = run_module("nmt.translate", "ckpt=unused", "src_lang=eng_Latn", "tgt_lang=fra_Latn", "backend=ct2",
+                      "length_convention=hf", check=False)  # CTranslate2 has its own rule
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "backend=torch" in last, proc.stderr[-500:]
