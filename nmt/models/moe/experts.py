@@ -98,6 +98,14 @@ def _mm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
         out.copy_(torch.mm(a, b))
 
 
+def _sum_into(out: Tensor, a: Tensor) -> None:
+    """``out = a.sum(0)``, summed in ``a``'s dtype (as autocast's bias gradient) and cast into ``out``."""
+    if out.dtype == a.dtype:
+        torch.sum(a, 0, out=out)
+    else:
+        out.copy_(a.sum(0))
+
+
 def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2_EHD: Tensor, hidden_RH: Tensor,
                            counts: list[int], p: float, dtypes: tuple[torch.dtype, ...]) -> list[Tensor]:
     """Gradients ``[x, w1, b1, w2, b2]`` of :class:`_ReluExperts` in ``dtypes`` (the inputs'),
@@ -116,13 +124,13 @@ def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2
     for e, start, rows in _slices(counts):
         grad_RD, h = grad_out_RD[start:start + rows], hidden_RH[start:start + rows]
         _mm_into(grad_w2_EHD[e], h.t(), grad_RD)
-        torch.sum(grad_RD, 0, dtype=dtypes[4], out=grad_b2_ED[e])
-        grad_h = torch.mm(grad_RD, w2_EHD[e].t())
-        grad_h.mul_(h > 0)  # ReLU (and dropout's zeros); kept units carry dropout's 1/(1-p)
+        _sum_into(grad_b2_ED[e], grad_RD)
+        # ReLU's backward (and dropout's zeros: kept units carry dropout's 1/(1-p)), in one op
+        grad_h = torch.ops.aten.threshold_backward(torch.mm(grad_RD, w2_EHD[e].t()), h, 0)
         if p > 0:
             grad_h.mul_(1.0 / (1 - p))
         _mm_into(grad_w1_EDH[e], x_RD[start:start + rows].t(), grad_h)
-        torch.sum(grad_h, 0, dtype=dtypes[2], out=grad_b1_EH[e])
+        _sum_into(grad_b1_EH[e], grad_h)
         _mm_into(grad_x_RD[start:start + rows], grad_h, w1_EDH[e].t())
     return [grad_x_RD, grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED]
 
