@@ -95,3 +95,21 @@ def test_auto_then_resume_equals_the_fixed_choice_bit_for_bit(prepared_corpus, t
                f"trainer.precision={record['precision']}", "trainer.max_steps=4")
     a, b = weights(auto), weights(fixed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_the_trial_and_the_choice(prepared_corpus, tmp_path):
+    """Expert-parallel MoE on 2 ranks: the trial's collectives line up (no hang), both ranks use
+    the recorded choice, and the run continues as one with that precision fixed."""
+    from test_distributed_train import COMMON, MOE, torchrun
+    from test_distributed_train import weights as rank_weights
+
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    steps = ["trainer.max_steps=2", "trainer.valid_interval=2"]
+    proc = torchrun(prepared_corpus, auto, *COMMON, *MOE, *steps, "trainer.precision=auto")
+    record = json.loads((auto / "precision.json").read_text())
+    assert json.loads((auto / "summary.json").read_text())["precision"] == record["precision"]
+    assert proc.stdout.count(f"precision: {record['precision']} (measured") == 1  # rank 0 prints
+    torchrun(prepared_corpus, fixed, *COMMON, *MOE, *steps, f"trainer.precision={record['precision']}")
+    a, b = rank_weights(auto), rank_weights(fixed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
