@@ -81,8 +81,28 @@ class ModelConfig:
     max_positions: int = 512
     scale_embedding: bool = True
     attention: str = "auto"  # auto (= sdpa) | sdpa | math
+    # Row of the sinusoidal table that position 0 uses. 2 = fairseq/M2M100 (positions start at
+    # padding_idx + 1 in fairseq's layout), so new models export exactly to Transformers; a saved
+    # config without this key (written before it existed) means 0: see saved_model_config.
+    position_offset: int = 2
+    # Encoder input: "tag_first" = [src_tag] x </s> (NLLB paper, Transformers since 2023) |
+    # "legacy" = x </s> [src_tag] (Transformers' legacy_behaviour=True); set by nmt.import_hf.
+    source_convention: str = "tag_first"
     moe: MoEConfig = field(default_factory=MoEConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
+
+
+LEGACY_POSITION_OFFSET = 0  # what a saved model config without position_offset was trained with
+
+
+def saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
+    """A model config dict read from a checkpoint/export, with the keys that configs written before
+    they existed lack filled with the behaviour those models were trained with. Hydra's defaults
+    are for new runs; they must not change what an old checkpoint computes."""
+    out = dict(model)
+    out.setdefault("position_offset", LEGACY_POSITION_OFFSET)  # positions started at table row 0
+    out.setdefault("source_convention", "tag_first")
+    return out
 
 
 @dataclass
@@ -275,6 +295,10 @@ def validate(cfg: Config) -> None:
         _check(0.0 <= v < 1.0, f"model.{key}", v, "use a value in [0, 1)")
     _check(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use relu or gelu")
     _check(m.attention in ("auto", "sdpa", "math"), "model.attention", m.attention, "use auto, sdpa or math")
+    _check(m.position_offset >= 0, "model.position_offset", m.position_offset,
+           "use 2 (fairseq/M2M100, exports to Transformers) or 0 (models trained before it existed)")
+    _check(m.source_convention == "tag_first", "model.source_convention", m.source_convention,
+           "training builds [src_lang] x </s> batches (tag_first); legacy is for inference of imported models")
     validate_moe(m.moe, m)
     validate_adapters(m.adapters)
 

@@ -23,6 +23,7 @@ Keys:
                               all: every ordered pair; or [eng_Latn-fra_Latn,...] / "a-b,c-d"
   out_dir=DIR                 default <dir of ckpt>/../eval/<split>, or <hyp_dir>/eval
   beam=4 lenpen=1.0 batch_size=64 max_len_a=1.2 max_len_b=10 device=auto   (ckpt mode)
+  backend=torch               torch, or ct2: ckpt is a CTranslate2 export (nmt.export --format ct2)
   spm_flores200=PATH          local Flores-200 SentencePiece model: adds spBLEU (never downloads)
   baselines.corpus=DIR        also score copy and nearest-training-segment baselines
   resource.corpus=DIR         averages by NLLB resource group from DIR/manifest.json train pairs
@@ -30,6 +31,10 @@ Keys:
   resource.low=1000000 resource.very_low=100000   group thresholds (NLLB's), in training pairs
   max_lines=N                 score only the first N lines of every direction (quick checks)
   overwrite=false             replace existing results / hypothesis files
+  allow_untrained_lang=false  ckpt mode: translate from/into languages the model was not trained on
+                              (a warning) instead of refusing them
+  reference_results=PATH      results.json of an earlier evaluation of the reference model (same
+                              split and lines): adds the per-direction change (forgetting) table
 
 Writes ``results.json``, ``results.md`` and ``chrf.png`` to out_dir (see nmt.eval.report) and
 prints the sacrebleu signatures and the table.
@@ -51,9 +56,11 @@ from nmt.fileio import atomic_write
 from nmt.eval import flores
 from nmt.eval.baselines import RetrievalBaseline, copy_baseline
 from nmt.eval.flores import read_text_lines
+from nmt.eval.forgetting import check_comparable, compare, load_reference
 from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
 from nmt.eval.resource import LOW, VERY_LOW, check_thresholds, resource_info
+from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import ENGLISH, parse_direction
 
 HYP_SUFFIX = ".hyp"
@@ -95,6 +102,9 @@ class EvalConfig:
     resource: ResourceConfig = field(default_factory=ResourceConfig)
     max_lines: Optional[int] = None
     overwrite: bool = False
+    allow_untrained_lang: bool = False
+    reference_results: Optional[str] = None
+    backend: str = "torch"  # torch | ct2
 
     def validate(self) -> None:
         if (self.ckpt is None) == (self.hyp_dir is None):
@@ -110,6 +120,7 @@ class EvalConfig:
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)} must be at least 1")
         check_thresholds(self.resource.low, self.resource.very_low)
+        check_backend(self.backend)
         if self.max_lines is not None and self.max_lines < 1:
             raise UserError(f"max_lines={self.max_lines} must be at least 1 (or leave it unset)")
 
@@ -208,14 +219,12 @@ def _translator(cfg: EvalConfig):
     if not Path(cfg.ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
         raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=): pass a .pt checkpoint, a .dcp "
                         f"checkpoint directory or an export directory (python -m nmt.export)")
-    from nmt.inference import Translator
-
     device = cfg.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Translator.from_checkpoint(cfg.ckpt, device=device)
+    return load_translator(cfg.backend, cfg.ckpt, device)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -230,6 +239,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     full = flores.read_languages(cfg.flores.dir, cfg.split, needed)
     full_len = len(next(iter(full.values())))
     refs = {c: v[: cfg.max_lines] if cfg.max_lines else v for c, v in full.items()}
+    reference = load_reference(cfg.reference_results) if cfg.reference_results else None
+    if reference is not None:
+        check_comparable(reference, cfg.split, {f"{s}-{t}": len(refs[t]) for s, t in dirs})
     scorer = Scorer(cfg.spm_flores200)
     retrieval = RetrievalBaseline(cfg.baselines.corpus) if cfg.baselines.corpus else None
 
@@ -246,6 +258,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 raise UserError(f"{p} already exists; choose another out_dir or pass overwrite=true")
         hyps_by_dir = {}
         translator = _translator(cfg)
+        translator.check_languages(dirs, allow_untrained=cfg.allow_untrained_lang)
         hyp_out.mkdir(parents=True, exist_ok=True)
 
     directions: dict[str, dict] = {f"{s}-{t}": {} for s, t in dirs}  # keeps the requested order
@@ -296,14 +309,18 @@ def evaluate(cfg: EvalConfig) -> dict:
         "testset": testset,
         "notes": notes,
     }
+    if translator is not None and translator.languages is not None:
+        extra["model_languages"] = translator.languages
     if cfg.ckpt:
         extra["decoding"] = {"beam": cfg.beam, "lenpen": cfg.lenpen, "max_len_a": cfg.max_len_a,
-                             "max_len_b": cfg.max_len_b}
+                             "max_len_b": cfg.max_len_b, "backend": cfg.backend}
     if scorer.spm_info:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:
         extra["baselines_corpus"] = str(cfg.baselines.corpus)
     results = build_results(directions, scorer.signatures, extra, resource)
+    if reference is not None:
+        results["forgetting"] = compare(results, reference)
     paths = write_report(out_dir, results, overwrite=cfg.overwrite)
     print_table(results)
     print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)

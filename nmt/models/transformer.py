@@ -97,7 +97,7 @@ class Transformer(nn.Module):
     ``adapter_factory(side, layer)`` its output adapter (or None); ``hypernet`` (a
     :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
 
-    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2, D]
+    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2 + position_offset, D]
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
                  adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
@@ -115,7 +115,8 @@ class Transformer(nn.Module):
         with torch.no_grad():
             self.embed.weight[PAD].zero_()
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
-        self.register_buffer("positions", sinusoidal_table(cfg.max_positions + 2, cfg.d_model), persistent=False)
+        self.register_buffer("positions", sinusoidal_table(cfg.max_positions + 2 + cfg.position_offset, cfg.d_model),
+                             persistent=False)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(cfg, ffn_factory("encoder", i), impl) for i in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(
@@ -138,8 +139,8 @@ class Transformer(nn.Module):
                     nn.init.zeros_(mod.bias)
 
     def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        t = tokens.shape[1]
-        x = self.embed(tokens) * self.embed_scale + self.positions[offset: offset + t].to(self.embed.weight.dtype)
+        t, first = tokens.shape[1], self.cfg.position_offset + offset  # position p uses table row offset + p
+        x = self.embed(tokens) * self.embed_scale + self.positions[first: first + t].to(self.embed.weight.dtype)
         return F.dropout(x, p=self.cfg.dropout, training=self.training)
 
     def encode(self, src_tokens: Tensor, src_lang: Tensor | None = None, tgt_lang: Tensor | None = None,

@@ -24,7 +24,7 @@ from nmt.curriculum import check_stages, stage_at
 from nmt.data.sampling import probs_for_run
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
-from nmt.langs import parse_direction
+from nmt.langs import languages_of, parse_direction
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
@@ -105,6 +105,7 @@ class Trainer:
                             f"(validation directions: {', '.join(self.valid_directions) or 'none'})")
 
         self.model = self._build_model()
+        self.base_languages: list[str] = []  # the init_from model's languages: the run's model knows them too
         if t.init_from:
             self._init_from(Path(t.init_from))
         if adapters.freeze_base:
@@ -175,15 +176,25 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
         every base parameter must be in the checkpoint; adapter parameters may be missing."""
-        state = load_checkpoint(path)
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        from nmt.inference import load_inference_checkpoint
+
+        ck = load_inference_checkpoint(path)  # a .pt, a .dcp or an export (e.g. from nmt.vocab add-language)
+        theirs, ours = ck.tokenizer, self.tokenizer
+        if theirs.sha256 != ours.sha256:
+            raise UserError(
+                f"trainer.init_from={path} was trained with the vocabulary {theirs.path} ({theirs.vocab_size} "
+                f"pieces, sha256 {theirs.sha256[:12]}…) but data.corpus has {ours.path} ({ours.vocab_size} pieces, "
+                f"sha256 {ours.sha256[:12]}…): copy {theirs.path} to {ours.path} and re-binarize "
+                f"(python -m data_prep.binarize --corpus CORPUS --overwrite)")
+        self.base_languages = list(ck.languages or [])
+        missing, unexpected = self.model.load_state_dict(ck.state, strict=False)
         missing = [k for k in missing if not is_adapter_parameter(k)]
         if missing or unexpected:
             names = ", ".join((missing + unexpected)[:5])
             raise UserError(f"trainer.init_from={path} does not fit this model ({len(missing)} missing, "
                             f"{len(unexpected)} unexpected parameters: {names}); use a checkpoint of the same "
                             f"base architecture")
-        print(f"initialised from {path} (step {state.get('step')})", flush=True)
+        print(f"initialised from {path} (step {ck.info.get('step')})", flush=True)
 
     # ---------------------------------------------------------------- curriculum
     def _probs_for(self, directions: list[str]) -> dict[str, float]:
@@ -222,6 +233,7 @@ class Trainer:
             "skipped_updates": self.skipped_updates,
             "config": self.resolved_config,
             "directions": list(self.directions),
+            "languages": sorted(set(self.base_languages) | set(languages_of(self.directions))),
             "tokenizer": {"path": str((self.run_dir / "spm.model").resolve()), "sha256": self.tokenizer.sha256},
         }
 
