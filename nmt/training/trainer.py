@@ -123,7 +123,8 @@ class Trainer:
         self.skipped_updates = 0
         self.best_valid: float | None = None
         self.best_step: int | None = None
-        self.precision, why = choose_precision(t.precision, cfg.model.d_model, cfg.model.ffn_dim, self.device)
+        self.precision, why = choose_precision(t.precision, self.device, self.run_dir, self.resume, self.wrapped,
+                                               self.optimizer, self.loader, cfg.optim.label_smoothing)
         self._say(f"precision: {self.precision} ({why}); {self.world} rank(s)"
                   + (f" ({self.env.source}, trainer.parallel={t.parallel})" if self.world > 1 else ""))
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
