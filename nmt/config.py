@@ -339,7 +339,8 @@ def validate(cfg: Config) -> None:
     _check(o.eps > 0, "optim.eps", o.eps, "use a value > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use a value >= 0")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "use a value >= 0")
-    _check(0 <= o.warmup_init_lr <= o.lr, "optim.warmup_init_lr", o.warmup_init_lr, f"use a value in [0, optim.lr={o.lr}]")
+    _check(0 <= o.warmup_init_lr <= o.lr, "optim.warmup_init_lr", o.warmup_init_lr,
+           f"use a value in [0, optim.lr={o.lr}]")
     _check(o.schedule in ("inverse_sqrt", "cosine", "linear"), "optim.schedule", o.schedule,
            "use inverse_sqrt, cosine or linear")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
@@ -360,7 +361,8 @@ def validate(cfg: Config) -> None:
     _check(t.save_interval >= 0, "trainer.save_interval", t.save_interval, "use 0 (off) or a positive interval")
     _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
     _check(m.adapters.kind != "hyper" or d.one_direction_per_batch, "data.one_direction_per_batch",
-           d.one_direction_per_batch, "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
+           d.one_direction_per_batch,
+           "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
     _check(str(t.resume).lower() in ("auto", "true", "false"), "trainer.resume", t.resume, "use auto, true or false")
     _check(t.parallel in ("ddp", "fsdp"), "trainer.parallel", t.parallel, "use ddp or fsdp")
     _check(t.checkpoint_format in ("auto", "pt", "dcp"), "trainer.checkpoint_format", t.checkpoint_format,

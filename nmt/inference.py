@@ -51,7 +51,7 @@ def _dataclass_from(cls, d: dict):
     for f in fields(cls):
         if f.name not in d:
             continue
-        default = f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
+        default = f.default_factory() if f.default_factory is not MISSING else None
         out[f.name] = _dataclass_from(type(default), d[f.name]) if is_dataclass(default) else d[f.name]
     return cls(**out)
 
@@ -60,7 +60,7 @@ def find_tokenizer(ckpt_path: Path, state: dict) -> Tokenizer:
     """The run directory's copy of ``spm.model`` (checked against the checkpoint's sha256):
     ``<run>/spm.model`` beside ``<run>/checkpoints/``, else the path the checkpoint recorded."""
     info = state.get("tokenizer", {}) or {}
-    want = info.get("sha256")
+    want: str | None = info.get("sha256")
     beside = ckpt_path.parent.parent / SPM
     candidates = list(dict.fromkeys([beside, Path(info["path"]) if info.get("path") else beside]))
     mismatched: list[Tokenizer] = []
@@ -72,7 +72,7 @@ def find_tokenizer(ckpt_path: Path, state: dict) -> Tokenizer:
             mismatched.append(tok)
     if mismatched:
         raise UserError(f"{mismatched[0].path} is not the vocabulary checkpoint {ckpt_path} was trained with "
-                        f"(sha256 {mismatched[0].sha256[:12]}… where the checkpoint records {want[:12]}…); "
+                        f"(sha256 {mismatched[0].sha256[:12]}… where the checkpoint records {str(want)[:12]}…); "
                         f"restore the run directory's spm.model")
     raise UserError(f"no spm.model found for checkpoint {ckpt_path}: expected {candidates[0]}; "
                     f"copy the run's spm.model (sha256 {str(want)[:12]}…) back there")
@@ -99,8 +99,9 @@ class InferenceCheckpoint:
         try:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise UserError(f"checkpoint {self.path} does not match its own model config "
-                            f"({str(e).splitlines()[-1].strip()[:200]}); re-export it or use another checkpoint") from None
+            why = str(e).splitlines()[-1].strip()[:200]
+            raise UserError(f"checkpoint {self.path} does not match its own model config ({why}); "
+                            f"re-export it or use another checkpoint") from None
         if self.kind == "dcp":  # a sharded checkpoint holds parameters only: buffers come from the config
             params = {n for n, _ in model.named_parameters()}
             missing = [k for k in missing if k in params]
@@ -349,6 +350,6 @@ class Translator:
                 banned=self.banned, length_convention=length_convention or d.length_convention,
                 src_lang=torch.full((n,), src_idx, device=self.device),
                 tgt_lang=torch.full((n,), tgt_idx, device=self.device))
-            for i, h in zip(chunk, hyps):
+            for i, h in zip(chunk, hyps, strict=True):
                 out[i] = tok.decode(h).replace("\n", " ").strip()
         return out
