@@ -195,12 +195,7 @@ def _translator(cfg: EvalConfig):
                         f"checkpoint directory or an export directory (python -m nmt.export)")
     from nmt.inference import Translator
 
-    device = cfg.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Translator.from_checkpoint(cfg.ckpt, device=device)
+    return Translator.from_checkpoint(cfg.ckpt, device=cfg.device)  # resolved by nmt.device.resolve_device
 
 
 def evaluate(cfg: EvalConfig) -> dict:

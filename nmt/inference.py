@@ -24,6 +24,7 @@ import torch
 
 from nmt.config import EvalConfig, ModelConfig
 from nmt.data.tokenizer import Tokenizer
+from nmt.device import resolve_device
 from nmt.errors import UserError
 from nmt.fileio import sha256_file
 from nmt.eval.search import beam_search
@@ -237,10 +238,7 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Translator":
         """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`)."""
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but no CUDA device is visible; use device=cpu or auto")
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = resolve_device(device)
         ckpt = load_inference_checkpoint(path)
         model = ckpt.build_model()
         return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev)
