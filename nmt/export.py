@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -27,6 +28,9 @@ from pathlib import Path
 from nmt import __version__
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_dir, sha256_file
+from nmt.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 USAGE = "python -m nmt.export CKPT OUT_DIR [--overwrite]"
 
@@ -88,7 +92,7 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     src, out = Path(ckpt), Path(out_dir)
     check_out_dir(out, src, overwrite)  # before the (possibly long) load
     kind, _ = checkpoint_kind(src)
-    print(f"loading {src} ({kind})", flush=True)
+    log.info(f"loading {src} ({kind})")
     ck = load_inference_checkpoint(src)
     model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
     state: dict[str, torch.Tensor] = {}
@@ -145,16 +149,17 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
     except TypeError as e:  # a config value JSON cannot hold
         raise UserError(f"checkpoint {src} holds a config that cannot be written as JSON ({e})") from None
     total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
-    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
-          f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
-    print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
-          f"src_lang=... tgt_lang=...", flush=True)
+    log.info(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
+             f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all")
+    log.info(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
+             f"src_lang=... tgt_lang=...")
     return config
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
     export(args.ckpt, args.out_dir, overwrite=args.overwrite)
 
 

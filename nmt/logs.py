@@ -2,7 +2,7 @@
 
 :func:`setup_logging` is called once by an entry point (``nmt.train``, ``nmt.export``, ...). Under
 Hydra (``nmt.train``), Hydra has already attached its console and ``<job>.log`` handlers to the
-root logger; elsewhere a plain ``message`` handler on stdout is added. Either way every handler
+root logger (``console=False``); elsewhere a plain ``message`` handler on stdout is added. Either way every handler
 gets a :class:`RankFilter`: with several ranks only rank 0 logs information, the others log
 warnings and errors only (with their rank in front), so a torchrun log is not N copies.
 """
@@ -38,14 +38,28 @@ class _LevelPrefix(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
-def setup_logging(rank: int = 0) -> None:
-    """Configure the root logger once for this process (idempotent: a second call only updates
-    the rank filter)."""
+class _Console(logging.StreamHandler):
+    """A handler on whatever ``sys.stdout`` is when a record is written (a redirection, a capture)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.setFormatter(_LevelPrefix("%(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
+def setup_logging(rank: int = 0, console: bool = True) -> None:
+    """Configure the root logger for this process; idempotent. ``console=False`` where another
+    set-up (Hydra's) already writes to the console: only the rank filter is added."""
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(_LevelPrefix("%(message)s"))
-        root.addHandler(handler)
+    if console and not any(isinstance(h, _Console) for h in root.handlers):
+        root.addHandler(_Console())
     root.setLevel(logging.INFO)
     for handler in root.handlers:
         for old in [f for f in handler.filters if isinstance(f, RankFilter)]:

@@ -28,7 +28,7 @@ def _main(dcfg: DictConfig) -> float | None:
     global _entered
     _entered = True
     try:
-        setup_logging(distributed.detect().rank)  # after Hydra's own set-up: rank 0 informs, others warn
+        setup_logging(distributed.detect().rank, console=False)  # after Hydra's own set-up: rank 0 informs, others warn
         resolved = OmegaConf.to_container(dcfg, resolve=True)
         cfg: Config = OmegaConf.to_object(dcfg)
         validate(cfg)

@@ -306,7 +306,8 @@ class Trainer:
         """Train until a stop reason; returns it and the last validation record."""
         t = self.cfg.trainer
         reason = StopReason.MAX_STEPS if self.state.step >= t.max_steps else None
-        window, last_valid = StepStats(len(self.directions)), {}
+        window = StepStats(len(self.directions))
+        last_valid: dict[str, Any] = {}
         while reason is None:
             window.add_update(self.train_step())
             progress.update()
