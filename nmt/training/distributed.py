@@ -3,7 +3,7 @@
 
 :func:`detect` reads the process's rank and world from the environment (torchrun's variables
 win, so ``srun torchrun ...`` works too); :func:`init` joins the process group. In a single
-process both do nothing, and so do :func:`is_main`, :func:`barrier`, :func:`any_rank` and
+process both do nothing, and so do :func:`is_main`, :func:`barrier`, :func:`any_rank`, :func:`on_rank0` and
 :func:`shutdown`, so the trainer calls them unconditionally.
 """
 
