@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.train_spm import MANIFEST_HINT, bitext_path, iter_lines, pair_langs, read_manifest, split_pairs
-from nmt.data.bin_meta import META_FORMAT, check_bin_matches, read_meta  # noqa: F401 (re-exported)
+from nmt.data.bin_meta import META_FORMAT, read_meta
 from nmt.data.indexed import IndexedDatasetWriter, dtype_for_vocab
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError, exit_on_user_error
