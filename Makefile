@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean-demo
+.PHONY: demo test lint venv bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# lint and types first: a finding stops `make test` (and so CI) before the suite runs
+lint: $(STAMP)
+	$(BIN)/python -m ruff check nmt data_prep bench tests
+	$(BIN)/python -m mypy nmt data_prep
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)

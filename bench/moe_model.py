@@ -11,7 +11,8 @@ assignments (``moe_dropped_fraction`` in the JSON); ``--dropless`` computes ever
 exact FLOP match. One step = forward, label-smoothed loss plus the
 balancing loss, backward, fused AdamW — the trainer's step. Steps alternate (moe, dense, dense,
 moe, ...) and ``ratio = median MoE step / median dense step``. Target (issue #3): ratio ≤ 1.3.
-The last stdout line is one JSON object, also written to bench/results/moe_model.json (``moe_model_dropless.json`` with ``--dropless``).
+The last stdout line is one JSON object, also written to bench/results/moe_model.json
+(``moe_model_dropless.json`` with ``--dropless``).
 """
 
 from __future__ import annotations

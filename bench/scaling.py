@@ -433,7 +433,7 @@ def run_device(args: argparse.Namespace, device: str) -> dict:
             before = os.getloadavg()[0]
             results = launch(world, todo, args.threads, args.launch_timeout)
             after = os.getloadavg()[0]
-            for name, res in zip(jobs, results):
+            for name, res in zip(jobs, results[: len(jobs)], strict=True):  # the layer job's result is last
                 res["loadavg_1min_before_after_launch"] = [before, after]
                 runs[name][world].append(res)
                 log(f"[{device} {name}] {world} rank(s): {res['tokens_per_s']:.0f} tok/s "
@@ -462,7 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--rounds", type=int, default=2, help="launches per world size, alternating 1,2,2,1,...")
     g.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"], help="trainer.parallel")
     g.add_argument("--precision", default="auto", help="trainer.precision (default auto)")
-    g.add_argument("--moe-experts", type=int, default=4, help="also the model with MoE layers of E experts; 0: dense only")
+    g.add_argument("--moe-experts", type=int, default=4,
+                   help="also the model with MoE layers of E experts; 0: dense only")
     g.add_argument("--moe-freq", type=int, default=2, help="model.moe.encoder_freq = decoder_freq")
     g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for the trainer (repeatable)")

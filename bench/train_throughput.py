@@ -21,10 +21,10 @@ import statistics
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -210,7 +210,7 @@ def summarize(times: list[float], cpu: list[float], tokens: int, flops: float, p
         "tok_s_best": tokens / best,
         "mfu_median": flops / med / peak,
         "mfu_best": flops / best / peak,
-        "effective_cores_median": statistics.median(c / w for c, w in zip(cpu, times)),
+        "effective_cores_median": statistics.median(c / w for c, w in zip(cpu, times, strict=True)),
     }
 
 
@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
             o, q = res["ours"], res["peer"]
             res["ratio_median"] = o["tok_s_median"] / q["tok_s_median"]
             res["ratio_best"] = o["tok_s_best"] / q["tok_s_best"]
-            res["ratio_paired_median"] = statistics.median(b / a for a, b in zip(walls["ours"], walls["peer"]))
+            paired = zip(walls["ours"], walls["peer"], strict=True)
+            res["ratio_paired_median"] = statistics.median(b / a for a, b in paired)
             log(f"[{prec}] ours {o['tok_s_median']:.0f} tok/s (MFU {o['mfu_median']:.2f}), peer "
                 f"{q['tok_s_median']:.0f} tok/s (MFU {q['mfu_median']:.2f}): ours/peer = {res['ratio_median']:.3f} "
                 f"(paired {res['ratio_paired_median']:.3f}, best {res['ratio_best']:.3f})")

@@ -132,7 +132,7 @@ def format_report(rows: dict[str, dict]) -> str:
             for name, c in rows.items()]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in
-                       enumerate(zip(r, widths))) for r in [head, *body]]
+                       enumerate(zip(r, widths, strict=True))) for r in [head, *body]]
     return "\n".join(lines)
 
 

@@ -43,8 +43,16 @@ from tqdm import tqdm
 
 from data_prep import clean
 from data_prep.import_corpus import ArgParser
-from data_prep.manifest import (LineWriter, add_input, add_pair, atomic_dir, check_writable,
-                                new_manifest, pair_name, write_manifest)
+from data_prep.manifest import (
+    LineWriter,
+    add_input,
+    add_pair,
+    atomic_dir,
+    check_writable,
+    new_manifest,
+    pair_name,
+    write_manifest,
+)
 from data_prep.readers import read_mo
 from nmt.errors import UserError, exit_on_user_error
 from nmt.langs import ALIASES, ENGLISH, is_flores, normalize_lang
@@ -421,7 +429,7 @@ def print_report(langs: list[str], cats: Catalogs, why: dict[str, Counter],
                      str(sum(e in held for e in trans[c]))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     for r in rows:
-        print("  ".join(v.ljust(wd) if i < 2 else v.rjust(wd) for i, (v, wd) in enumerate(zip(r, widths))))
+        print("  ".join(v.ljust(wd) if i < 2 else v.rjust(wd) for i, (v, wd) in enumerate(zip(r, widths, strict=True))))
     capped = {c: counts[c]["over_cap"] for c in langs if counts[c]["over_cap"]}
     if capped:
         print(f"train capped by --max-train-per-lang: {capped}")

@@ -10,7 +10,9 @@
         --flores-dir flores200_dataset --langs eng_Latn deu_Latn fra_Latn
 
 Moses/TSV input is cleaned (see data_prep.clean) and written to ``bitext/<split>/``. Flores
-input is copied verbatim to ``flores/{dev,devtest}/`` and also written as ``valid`` (dev) and
+input (Flores-200 or Flores+, any layout of nmt/eval/flores_layout.py; Flores+ codes are mapped
+to Flores-200 codes) is copied verbatim to ``flores/{dev,devtest}/`` in the Flores-200 layout,
+with ``flores/testset.json`` recording the release and version (one release per corpus) and also written as ``valid`` (dev) and
 ``test`` (devtest) bitext between ``--pivot`` and every other language; it is not filtered, so
 that it stays line-aligned. Without ``--append`` a new corpus is created (an existing one is
 replaced only with ``--overwrite``); with ``--append`` pairs are added to an existing corpus and
@@ -20,6 +22,7 @@ its manifest is updated (a pair already there is replaced only with ``--overwrit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -30,6 +33,8 @@ from data_prep import clean, readers
 from data_prep.manifest import (LineWriter, MANIFEST, add_input, add_pair, atomic_dir,
                                 load_manifest, new_manifest, pair_name, write_manifest)
 from nmt.errors import UserError, exit_on_user_error
+from nmt.eval import flores
+from nmt.eval.flores_layout import FLORES200, TESTSET_FILE, Layout, check_comparable
 from nmt.langs import ENGLISH, normalize_lang
 
 FLORES_TO_SPLIT = {"dev": "valid", "devtest": "test"}
@@ -152,6 +157,7 @@ def import_flores(args: argparse.Namespace, root: Path, manifest: dict) -> dict[
     if pivot not in langs:
         raise UserError(f"--pivot {pivot} is not among --langs; add it or choose another --pivot")
     others = [c for c in langs if c != pivot]
+    testset = check_one_release(args, manifest)
     check_free(args, manifest, [f"{FLORES_TO_SPLIT[s]}/{pair_name(pivot, c)}"
                                 for s in args.flores_splits for c in others],
                [f"{s}/{c}" for s in args.flores_splits for c in langs])
@@ -179,13 +185,51 @@ def import_flores(args: argparse.Namespace, root: Path, manifest: dict) -> dict[
             add_pair(manifest, split, name, lines, sha, counts)
             report[f"{split}/{name}"] = counts
         for code in langs:
-            add_input(manifest, readers.flores_path(args.flores_dir, fsplit, code))
+            add_input(manifest, Path(args.flores_dir) / fsplit / source_layout(args, fsplit).file_name(fsplit, code))
+    write_text(root / "flores" / TESTSET_FILE, json.dumps(testset) + "\n")
     return report
+
+
+def check_one_release(args: argparse.Namespace, manifest: dict) -> dict:
+    """The release of --flores-dir (the same for every split); with --append, a UserError if the
+    corpus already holds Flores files of another release (scores would mix the two)."""
+    found = [source_layout(args, s).describe() for s in args.flores_splits]
+    for other in found[1:]:
+        check_comparable(found[0], other, f"--flores-dir {args.flores_dir} (dev and devtest)")
+    recorded = args.out / "flores" / TESTSET_FILE
+    if args.append and any(manifest["flores"].values()) and not args.overwrite:
+        have = json.loads(recorded.read_text(encoding="utf-8")) if recorded.is_file() else None
+        check_comparable(have, found[0], f"--append of {args.flores_dir} to {args.out}/flores (use --overwrite "
+                                         "to replace it, or another corpus)")
+    return found[0]
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def list_rows(args: argparse.Namespace, fsplit: str, langs: list[str]) -> list[tuple]:
     """All rows of one Flores split (a Flores split is ~1000 sentences: kept in memory)."""
-    return list(readers.read_flores(args.flores_dir, fsplit, langs, skip_invalid=args.skip_invalid_utf8))
+    lay = source_layout(args, fsplit)
+    if lay.kind == "flores200-text":
+        return list(readers.read_flores(args.flores_dir, fsplit, langs, skip_invalid=args.skip_invalid_utf8))
+    if lay.kind in ("jsonl", "parquet"):
+        columns = flores.read_languages(args.flores_dir, fsplit, langs)
+        return list(zip(*(columns[c] for c in langs)))
+    paths = [Path(args.flores_dir) / fsplit / lay.file_name(fsplit, c) for c in langs]
+    for code, path in zip(langs, paths):
+        if not path.is_file():
+            flores.read_language(args.flores_dir, fsplit, code)  # the UserError naming path and layout
+    return list(readers.read_aligned(paths, skip_invalid=args.skip_invalid_utf8))
+
+
+def source_layout(args: argparse.Namespace, fsplit: str) -> Layout:
+    """The layout of --flores-dir's split; a missing split directory reads as Flores-200, so that
+    the error names the first missing file (data_prep.readers.read_flores)."""
+    if not (Path(args.flores_dir) / fsplit).is_dir():
+        return Layout(FLORES200, "flores200-text", "")
+    return flores.layout(args.flores_dir, fsplit)
 
 
 def check_free(args: argparse.Namespace, manifest: dict, pairs: list[str],

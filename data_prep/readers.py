@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from nmt.errors import UserError
 
@@ -72,8 +73,8 @@ def count_lines(path: Path) -> int:
 def read_aligned(paths: Sequence[Path | str], *,
                  skip_invalid: bool = False) -> Iterator[tuple[str | None, ...]]:
     """Yield tuples of line ``i`` of every file; a UserError if the files differ in length."""
-    paths = [Path(p) for p in paths]
-    iters = [iter_lines(p, skip_invalid=skip_invalid) for p in paths]
+    files = [Path(p) for p in paths]
+    iters = [iter_lines(p, skip_invalid=skip_invalid) for p in files]
     done = object()
     while True:
         row = [next(it, done) for it in iters]
@@ -81,11 +82,11 @@ def read_aligned(paths: Sequence[Path | str], *,
         if all(ended):
             return
         if any(ended):
-            counts = [count_lines(p) for p in paths]
-            detail = ", ".join(f"{p} has {c} lines" for p, c in zip(paths, counts))
+            counts = [count_lines(p) for p in files]
+            detail = ", ".join(f"{p} has {c} lines" for p, c in zip(files, counts, strict=True))
             raise UserError(f"line counts differ: {detail}; the files must be line-aligned "
                             "(one segment per line, same order)")
-        yield tuple(row)  # type: ignore[misc]
+        yield cast("tuple[str | None, ...]", tuple(row))  # no item is `done`: a file that ended raised above
 
 
 def moses_paths(prefix: Path | str, src_suffix: str, tgt_suffix: str) -> tuple[Path, Path]:
@@ -96,7 +97,8 @@ def moses_paths(prefix: Path | str, src_suffix: str, tgt_suffix: str) -> tuple[P
 def read_moses(src_path: Path | str, tgt_path: Path | str, *,
                skip_invalid: bool = False) -> Iterator[tuple[str | None, str | None]]:
     """Yield ``(src, tgt)`` from two line-aligned files (OPUS/Moses layout)."""
-    for src, tgt in read_aligned([src_path, tgt_path], skip_invalid=skip_invalid):
+    # unpacking types the pair (`yield from` would yield tuple[str | None, ...]), hence the noqa
+    for src, tgt in read_aligned([src_path, tgt_path], skip_invalid=skip_invalid):  # noqa: UP028
         yield src, tgt
 
 

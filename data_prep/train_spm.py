@@ -125,7 +125,7 @@ def sample_sizes(counts: dict[str, int], total: int, temperature: float) -> dict
     k = np.floor(exact).astype(np.int64)
     for i in np.argsort(-(exact - k), kind="stable")[: total - int(k.sum())]:
         k[i] += 1  # largest remainders get the leftover lines
-    return {lang: max(1, int(n)) for lang, n in zip(langs, k)}
+    return {lang: max(1, int(n)) for lang, n in zip(langs, k, strict=True)}
 
 
 def draw(n_unique: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -104,8 +104,11 @@ class SamplingConfig:
     method: str = "temperature"  # temperature | uniform | fixed | unimax
     temperature: float = 1.0
     weights: dict[str, float] = field(default_factory=dict)  # for method=fixed
-    unimax_budget: float = 0.0  # 0: the size of the training split
+    # Examples (sentence pairs). 0: what the run (a curriculum stage: its updates) consumes,
+    # trainer.max_steps x update_freq x world size x data.max_tokens / mean max(src_len, tgt_len).
+    unimax_budget: float = 0.0
     unimax_max_epochs: float = 1.0
+    unimax_allow_proportional: bool = False  # accept a budget that caps every direction (= T=1)
 
 
 @dataclass
@@ -143,6 +146,9 @@ class TrainerConfig:
     max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
     init_from: str = ""  # start from this checkpoint's weights (adapter parameters may be missing)
     best_by: list[str] = field(default_factory=list)  # best.pt by these directions' mean valid loss; []: all
+    # Count the forced target-language tag in the loss, as fairseq does without --ignore-prefix-size 1
+    # (for comparing losses with fairseq logs); false: the tag position is ignored (NLLB inference forces it).
+    loss_include_tag: bool = False
 
 
 @dataclass

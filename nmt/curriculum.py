@@ -10,8 +10,10 @@ epoch plan, so the data order depends only on the step, also across a resume.
 ``python -m nmt.curriculum plan RUN_DIR [--stages 3] [--steps N] [--out FILE]`` reads a finished
 run's ``valid_log.jsonl``: directions that reach their best validation loss early (the ones that
 over-fit, typically low-resource) should train for fewer updates, so each direction enters at
-``N - best_step`` (N: the planned run's length, default the finished run's last step); directions
-are grouped into nested stages by that entry step. It prints (or writes) a config snippet.
+``N - best_step`` (N: the planned run's length, default the finished run's last step) or later,
+never earlier: directions are grouped into nested stages at the widest gaps between entry steps
+and a stage starts at its latest member's entry. It prints (or writes) a config snippet with a
+table of each direction's ideal and planned entry.
 """
 
 from __future__ import annotations
@@ -63,25 +65,65 @@ def stage_at(stages: list[tuple[int, list[str]]], step: int) -> int:
     return idx
 
 
+def _split_by_gaps(entries: list[int], n_groups: int) -> list[list[int]]:
+    """Sorted distinct ``entries`` cut at the ``n_groups - 1`` widest gaps (ties: the earlier gap)."""
+    if not entries:
+        return []
+    if n_groups <= 1:
+        return [entries]
+    gaps = sorted(range(1, len(entries)), key=lambda i: (-(entries[i] - entries[i - 1]), i))
+    cuts = sorted(gaps[: n_groups - 1])
+    return [entries[a:b] for a, b in zip([0, *cuts], [*cuts, len(entries)])]
+
+
 def plan_stages(best_step: dict[str, int], total_steps: int, n_stages: int) -> list[StageConfig]:
-    """Nested stages: each direction enters at ``total_steps - best_step`` (clamped at 0),
-    directions grouped by entry step into ``n_stages`` groups of near-equal size; a stage starts
-    at the earliest entry of its group (the first at 0) and keeps all earlier directions."""
+    """Nested stages in which no direction enters before its ideal step ``total_steps - best_step``.
+
+    Stage 0 (step 0) holds the directions whose ideal entry is 0; the later ideal entries are cut
+    into at most ``n_stages - 1`` groups at their widest gaps, and each group's stage starts at its
+    *latest* member's entry, so a direction enters on time or late, never early. A direction's
+    planned entry is the start of the first stage that lists it (:func:`planned_entries`).
+    """
     if not best_step:
         raise UserError("no per-direction validation loss found: the run needs valid/loss/<direction> records")
-    entries = sorted(((max(0, total_steps - b), d) for d, b in best_step.items()), key=lambda x: (x[0], x[1]))
-    n = max(1, min(n_stages, len(entries)))
-    groups = [entries[round(i * len(entries) / n): round((i + 1) * len(entries) / n)] for i in range(n)]
-    stages: list[StageConfig] = []
-    active: list[str] = []
-    for i, group in enumerate(g for g in groups if g):
-        active = active + [d for _, d in group]
-        start = 0 if i == 0 else group[0][0]
-        if stages and start <= stages[-1].start_step:  # ties: merge into the previous stage
-            stages[-1].directions = list(active)
-            continue
-        stages.append(StageConfig(start_step=start, directions=list(active)))
+    ideal = {d: max(0, total_steps - b) for d, b in best_step.items()}
+    if min(ideal.values()) > 0:
+        first = min(ideal.values())
+        raise UserError(
+            f"no direction reaches its best validation loss at step {total_steps} (the earliest would enter at "
+            f"step {first}), so step 0 would train nothing: plan a run of --steps {total_steps - first}"
+        )
+    order = sorted(ideal, key=lambda d: (ideal[d], d))
+    later = sorted({e for e in ideal.values() if e > 0})
+    if later and n_stages < 2:
+        raise UserError(f"--stages {n_stages} would let every direction in at step 0, before the ideal entries "
+                        f"{', '.join(f'{d} {ideal[d]}' for d in order if ideal[d] > 0)}: use --stages 2 or more")
+    active = [d for d in order if ideal[d] == 0]
+    stages = [StageConfig(start_step=0, directions=list(active))]
+    for group in _split_by_gaps(later, n_stages - 1):
+        active = active + [d for d in order if ideal[d] in group]
+        stages.append(StageConfig(start_step=group[-1], directions=list(active)))
     return stages
+
+
+def planned_entries(stages: list[StageConfig]) -> dict[str, int]:
+    """Step at which each direction first trains under ``stages``."""
+    entry: dict[str, int] = {}
+    for st in stages:
+        for d in st.directions:
+            entry.setdefault(d, st.start_step)
+    return entry
+
+
+def entry_table(best_step: dict[str, int], total_steps: int, stages: list[StageConfig]) -> str:
+    """Comment lines: each direction's best validation step, ideal entry N - best and planned entry."""
+    planned = planned_entries(stages)
+    lines = [f"# {'direction':<24} {'best':>8} {'ideal':>8} {'planned':>8}"]
+    for d in sorted(best_step, key=lambda x: (planned[x], x)):
+        ideal = max(0, total_steps - best_step[d])
+        late = planned[d] - ideal
+        lines.append(f"# {d:<24} {best_step[d]:>8} {ideal:>8} {planned[d]:>8}" + (f"  (late by {late})" if late else ""))
+    return "\n".join(lines) + "\n"
 
 
 def best_steps(run_dir: Path) -> tuple[dict[str, int], int]:
@@ -128,12 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     best, last = best_steps(Path(args.run_dir))
     stages = plan_stages(best, args.steps or last, args.stages)
     text = "# derived by: python -m nmt.curriculum plan " + " ".join(sys.argv[1:] if argv is None else argv) + "\n"
-    text += "# best validation step per direction: " + ", ".join(f"{d} {s}" for d, s in sorted(best.items())) + "\n"
+    text += f"# planned run length N = {args.steps or last}; entry = N - best step (never earlier)\n"
+    text += entry_table(best, args.steps or last, stages)
     text += to_yaml(stages)
     if args.out:
         from nmt.fileio import atomic_write
 
         atomic_write(Path(args.out), text)
+        print(entry_table(best, args.steps or last, stages), end="")
         print(f"wrote {args.out}")
     else:
         print(text, end="")

@@ -1,4 +1,4 @@
-"""Score translations on a Flores-200-layout test set: ``python -m nmt.evaluate key=value ...``.
+"""Score translations on Flores-200 or Flores+: ``python -m nmt.evaluate key=value ...``.
 
 Two modes (exactly one of ``ckpt`` / ``hyp_dir``)::
 
@@ -14,7 +14,9 @@ lines as the Flores file (or, with ``max_lines=N``, either that many or exactly 
 Keys:
   ckpt=PATH | hyp_dir=DIR    what to score (ckpt: a .pt file, a .dcp directory, or an export
                               directory written by python -m nmt.export)
-  flores.dir=DIR              <DIR>/<split>/<code>.<split> (required)
+  flores.dir=DIR              Flores-200 <DIR>/<split>/<code>.<split> or Flores+
+                              <DIR>/<split>/<split>.<code> | <code>.jsonl (required); the release
+                              and version are recorded in results.json "testset"
   split=devtest               Flores split (dev or devtest)
   directions=auto             auto: en-centric for ckpt, every <src>-<tgt>.hyp for hyp_dir;
                               en-centric: eng_Latn<->xx for every language of the split;
@@ -23,6 +25,9 @@ Keys:
   beam=4 lenpen=1.0 batch_size=64 max_len_a=1.2 max_len_b=10 device=auto   (ckpt mode)
   spm_flores200=PATH          local Flores-200 SentencePiece model: adds spBLEU (never downloads)
   baselines.corpus=DIR        also score copy and nearest-training-segment baselines
+  resource.corpus=DIR         averages by NLLB resource group from DIR/manifest.json train pairs
+                              (default: baselines.corpus, else data.corpus of the checkpoint's run)
+  resource.low=1000000 resource.very_low=100000   group thresholds (NLLB's), in training pairs
   max_lines=N                 score only the first N lines of every direction (quick checks)
   overwrite=false             replace existing results / hypothesis files
 
@@ -48,6 +53,7 @@ from nmt.eval.baselines import RetrievalBaseline, copy_baseline
 from nmt.eval.flores import read_text_lines
 from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
+from nmt.eval.resource import LOW, VERY_LOW, check_thresholds, resource_info
 from nmt.langs import ENGLISH, parse_direction
 
 HYP_SUFFIX = ".hyp"
@@ -61,6 +67,13 @@ class FloresConfig:
 @dataclass
 class BaselinesConfig:
     corpus: Optional[str] = None
+
+
+@dataclass
+class ResourceConfig:
+    corpus: Optional[str] = None  # default: baselines.corpus, else the checkpoint run's data.corpus
+    low: int = LOW
+    very_low: int = VERY_LOW
 
 
 @dataclass
@@ -79,6 +92,7 @@ class EvalConfig:
     device: str = "auto"
     spm_flores200: Optional[str] = None
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    resource: ResourceConfig = field(default_factory=ResourceConfig)
     max_lines: Optional[int] = None
     overwrite: bool = False
 
@@ -95,6 +109,7 @@ class EvalConfig:
         for key in ("beam", "batch_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)} must be at least 1")
+        check_thresholds(self.resource.low, self.resource.very_low)
         if self.max_lines is not None and self.max_lines < 1:
             raise UserError(f"max_lines={self.max_lines} must be at least 1 (or leave it unset)")
 
@@ -203,6 +218,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     out_dir = check_out_dir(default_out_dir(cfg), overwrite=cfg.overwrite)
     langs = flores.list_languages(cfg.flores.dir, cfg.split)
     dirs = resolve_directions(cfg, langs)
+    corpus = resource_corpus(cfg)  # checked before any translation work
+    resource = resource_info([f"{a}-{b}" for a, b in dirs], corpus, cfg.resource.low,
+                             cfg.resource.very_low) if corpus else None
     needed = list(dict.fromkeys(code for d in dirs for code in d))
     full = flores.read_languages(cfg.flores.dir, cfg.split, needed)
     full_len = len(next(iter(full.values())))
@@ -256,7 +274,9 @@ def evaluate(cfg: EvalConfig) -> dict:
                     scorer.score(r_hyps, refs[tgt], tgt, hyp_name="retrieval baseline"))
         directions[name] = entry
 
-    notes = [scorer.note()]
+    testset = flores.layout(cfg.flores.dir, cfg.split).describe()
+    notes = [scorer.note(), f"test set: {testset['dataset']} {testset['version']} ({cfg.split}, "
+                            f"files {testset['layout']})"]
     if cfg.max_lines:
         notes.append(f"only the first {cfg.max_lines} lines of each direction were scored")
     if no_retrieval:
@@ -268,6 +288,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "mode": "checkpoint" if cfg.ckpt else "hyp_dir",
         "split": cfg.split,
         "flores_dir": str(cfg.flores.dir),
+        "testset": testset,
         "notes": notes,
     }
     if cfg.ckpt:
@@ -277,11 +298,27 @@ def evaluate(cfg: EvalConfig) -> dict:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:
         extra["baselines_corpus"] = str(cfg.baselines.corpus)
-    results = build_results(directions, scorer.signatures, extra)
+    results = build_results(directions, scorer.signatures, extra, resource)
     paths = write_report(out_dir, results, overwrite=cfg.overwrite)
     print_table(results)
     print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
     return results
+
+
+def resource_corpus(cfg: EvalConfig) -> str | None:
+    """The training corpus for resource groups: resource.corpus (must be a corpus), else
+    baselines.corpus or the ``data.corpus`` of the checkpoint's run (``<run>/config.yaml``) when
+    that directory has a manifest.json; None: no resource groups."""
+    if cfg.resource.corpus:
+        return cfg.resource.corpus
+    candidates = [cfg.baselines.corpus]
+    run_config = Path(cfg.ckpt).absolute().parent.parent / "config.yaml" if cfg.ckpt else None
+    if run_config is not None and run_config.is_file():
+        from omegaconf import OmegaConf
+
+        candidates.append(OmegaConf.select(OmegaConf.load(run_config), "data.corpus", default=None))
+    found = [str(c) for c in candidates if c and (Path(str(c)) / "manifest.json").is_file()]
+    return found[0] if found else None
 
 
 def _without_n(score: dict) -> dict:

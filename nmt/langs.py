@@ -77,8 +77,30 @@ ALIASES: dict[str, str] = {
     "jpn": "jpn_Jpan", "kor": "kor_Hang", "ita": "ita_Latn", "por": "por_Latn", "ukr": "ukr_Cyrl",
 }
 
+# Flores+ (the Open Language Data Initiative's continuation of Flores-200) relabelled these codes;
+# source: github.com/openlanguagedata/flores CHANGELOG.md, releases v2.0-rc.1 and v2.0-rc.2.
+# Every other Flores-200 code is the same in Flores+.
+FLORES200_TO_PLUS: dict[str, str] = {
+    "zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "tgl_Latn": "fil_Latn", "tzm_Tfng": "zgh_Tfng",
+    "est_Latn": "ekk_Latn", "grn_Latn": "gug_Latn", "kon_Latn": "ktu_Latn",
+    "ajp_Arab": "apc_Arab_sout3123", "apc_Arab": "apc_Arab_nort3139",
+    "aka_Latn": "twi_Latn_asan1239", "twi_Latn": "twi_Latn_akua1239",
+}
+FLORES_PLUS_TO_200: dict[str, str] = {v: k for k, v in FLORES200_TO_PLUS.items()}
+
 _FLORES_SET = frozenset(FLORES200)
 ENGLISH = "eng_Latn"
+
+
+def to_flores_plus(code: str) -> str:
+    """The Flores+ file code of a Flores-200 code (``zho_Hans`` -> ``cmn_Hans``)."""
+    return FLORES200_TO_PLUS.get(code, code)
+
+
+def from_flores_plus(code: str) -> str:
+    """The Flores-200 code of a Flores+ code (``cmn_Hans`` -> ``zho_Hans``); a Flores+ language
+    that Flores-200 lacks (e.g. ``nqo_Nkoo``) is returned unchanged (not a Flores-200 code)."""
+    return FLORES_PLUS_TO_200.get(code, code)
 
 
 def is_flores(code: str) -> bool:
@@ -88,12 +110,15 @@ def is_flores(code: str) -> bool:
 def normalize_lang(code: str, *, allow_alias: bool = True, where: str = "") -> str:
     """Return the Flores-200 code for ``code`` or raise a UserError naming ``where``.
 
-    Flores-200 codes pass through; with ``allow_alias`` the aliases above are mapped.
+    Flores-200 codes pass through; with ``allow_alias`` the aliases above and the renamed
+    Flores+ codes (``cmn_Hans`` -> ``zho_Hans``) are mapped.
     """
     if code in _FLORES_SET:
         return code
     if allow_alias and code in ALIASES:
         return ALIASES[code]
+    if allow_alias and code in FLORES_PLUS_TO_200:  # a renamed Flores+ code names the same language
+        return FLORES_PLUS_TO_200[code]
     loc = f" ({where})" if where else ""
     hint = ""
     low = code.lower()

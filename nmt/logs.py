@@ -45,7 +45,7 @@ class _Console(logging.StreamHandler):
         super().__init__(sys.stdout)
         self.setFormatter(_LevelPrefix("%(message)s"))
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # noqa: ANN201
         return sys.stdout
 

@@ -31,11 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     register()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg: Config = OmegaConf.to_object(compose("config", overrides=overrides))
+            cfg = OmegaConf.to_object(compose("config", overrides=overrides))
     except OmegaConfBaseException as e:
         raise UserError(f"bad config: {str(e).splitlines()[0]}") from None
     except Exception as e:  # hydra's override parser errors
         raise UserError(f"bad override: {str(e).splitlines()[0]}") from None
+    assert isinstance(cfg, Config)  # the registered schema makes to_object build a Config
     validate(cfg)
     a = cfg.model.adapters
     if (a.kind != "none" and not a.languages) or not vocab:

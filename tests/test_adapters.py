@@ -65,22 +65,35 @@ def test_hyper_network_shapes_scaling_and_one_direction_rule():
     net = model.hypernet
     src, tgt = torch.tensor([ENG, ENG]), torch.tensor([FRA, FRA])
     gen = net(src, tgt, [2, 3, 4], "decoder")
-    w_down, b_down, w_up, b_up, ln_w, ln_b = gen[3]
-    assert w_down.shape == (16, 4) and b_down.shape == (4,) and w_up.shape == (4, 16) and b_up.shape == (16,)
-    assert ln_w is None and ln_b is None
+    p = gen[3]
+    assert p.w_down.shape == (16, 4) and p.b_down.shape == (4,) and p.w_up.shape == (4, 16) and p.b_up.shape == (16,)
+    assert p.ln_scale is None and p.ln_shift is None
     net.rescale = False
     raw = net(src, tgt, [2, 3, 4], "decoder")
-    assert torch.allclose(raw[3][0], gen[3][0] * math.sqrt(16))  # generated tensors / sqrt(d_h)
+    assert torch.allclose(raw[3].w_down, gen[3].w_down * math.sqrt(16))  # generated tensors / sqrt(d_h)
     # A switched-off input is zeroed: the encoder ignores the target language.
-    enc_fra = net(src, tgt, [0], "encoder")[0][0]
-    enc_deu = net(src, torch.tensor([DEU, DEU]), [0], "encoder")[0][0]
+    enc_fra = net(src, tgt, [0], "encoder")[0].w_down
+    enc_deu = net(src, torch.tensor([DEU, DEU]), [0], "encoder")[0].w_down
     assert torch.equal(enc_fra, enc_deu)
-    assert not torch.equal(net(src, tgt, [2], "decoder")[2][0], net(src, torch.tensor([DEU, DEU]), [2], "decoder")[2][0])
+    assert not torch.equal(net(src, tgt, [2], "decoder")[2].w_down,
+                         net(src, torch.tensor([DEU, DEU]), [2], "decoder")[2].w_down)
     with pytest.raises(ValueError, match="one direction per batch"):
         net(torch.tensor([ENG, FRA]), tgt, [0], "encoder")
     tokens = torch.randint(4, 300, (2, 5))
     logits, _ = model(tokens, tokens, src, tgt)
     assert logits.shape == (2, 5, 300)
+
+
+def test_generated_layer_norm_scale_is_one_plus_the_rescaled_head_output():
+    model = build_model(model_cfg(kind="hyper", size=4, hyper_dim=16, hyper_generate_ln=True), 300)
+    net = model.hypernet
+    with torch.no_grad():
+        for name in ("ln_w", "ln_b"):  # heads that output 0.5 whatever their input
+            net.heads[name].weight.zero_()
+            net.heads[name].bias.fill_(0.5)
+    p = net(torch.tensor([ENG]), torch.tensor([FRA]), [1], "encoder")[1]
+    # rescaled by 1/sqrt(d_h) = 1/4: γ = 1 + 0.5/4, β = 0.5/4
+    assert torch.allclose(p.ln_scale, torch.full((16,), 1.125)) and torch.allclose(p.ln_shift, torch.full((16,), 0.125))
 
 
 @pytest.mark.parametrize("kind", ["language", "hyper"])

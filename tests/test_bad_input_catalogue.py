@@ -14,12 +14,14 @@ into them), runs the real CLI in a subprocess and checks the same contract:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from conftest import SMOKE, run_module, train_smoke
 
 # Tiny training overrides: config errors fail before training, the rest stops after 2 steps.
@@ -200,6 +202,16 @@ def _(c):
     return ["--out", corpus, "--append", "--overwrite", "--format", "flores", "--flores-dir", fl,
             "--flores-splits", "devtest", "--langs", "eng_Latn", "fra_Latn", "spa_Latn"], \
         (str(fl / "devtest" / "spa_Latn.devtest"),)
+
+
+@case(IMPORT, "flores-plus-parquet-without-pyarrow")
+def _(c):
+    for code in ("eng_Latn", "fra_Latn"):
+        c.write(f"fplus/devtest/{code}.parquet", b"PAR1")
+    return ["--out", c.tmp / "new_corpus", "--format", "flores", "--flores-dir", c.tmp / "fplus",
+            "--flores-splits", "devtest", "--langs", "eng_Latn", "fra_Latn"], \
+        (str(c.tmp / "fplus" / "devtest" / "eng_Latn.parquet"),
+         "parquet file" if importlib.util.find_spec("pyarrow") else "pip install pyarrow")
 
 
 @case(IMPORT, "out-is-an-existing-file")
@@ -400,6 +412,19 @@ def _(c):
     c.write("hyp/eng_Latn-spa_Latn.hyp", ["x"] * 40)
     return [f"hyp_dir={hyp_dir(c)}", f"flores.dir={c.flores()}", "directions=[eng_Latn-spa_Latn]"], \
         (str(c.flores() / "devtest" / "spa_Latn.devtest"),)
+
+
+@case(EVAL, "flores-dir-mixes-flores200-and-flores-plus")
+def _(c):
+    fl = c.flores()
+    c.write("flores/devtest/devtest.cmn_Hans", ["x"] * 40)  # a Flores+ file beside Flores-200 ones
+    return [f"hyp_dir={hyp_dir(c)}", f"flores.dir={fl}"], (str(fl / "devtest"), "mixes Flores file layouts")
+
+
+@case(EVAL, "resource-thresholds-inverted")
+def _(c):
+    return [f"hyp_dir={hyp_dir(c)}", f"flores.dir={c.flores()}", "resource.low=10", "resource.very_low=20"], \
+        ("resource.very_low=20", "resource.low=10")
 
 
 @case(EVAL, "direction-not-flores200")

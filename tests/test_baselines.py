@@ -86,7 +86,7 @@ def test_nearest_matches_reference_cosine():
     train = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 6))) for _ in range(150)]
     queries = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 6))) + "x" for _ in range(40)]
     got = NgramIndex(train).nearest(queries)
-    for q, j in zip(queries, got):
+    for q, j in zip(queries, got, strict=True):
         cos = _reference_cosines(train, q)
         assert cos[j] == pytest.approx(max(cos), abs=1e-5)
 
@@ -100,4 +100,4 @@ def test_scale_many_segments():
     index = NgramIndex(train)
     index.exact = {}  # check the cosine path itself, not the exact-match shortcut
     got = index.nearest([train[i] for i in picks])
-    assert all(train[j] == train[i] for i, j in zip(picks, got))
+    assert all(train[j] == train[i] for i, j in zip(picks, got, strict=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,6 @@ def test_property_greedy_batches_are_full(lens, max_tokens):
     """Without a generator, each batch but the last could not have taken the next example."""
     ex = make(lens, [1] * len(lens))
     batches = batch_by_tokens(ex, max_tokens)
-    for b, nxt in zip(batches[:-1], batches[1:]):
+    for b, nxt in itertools.pairwise(batches):
         grown = np.concatenate([b, nxt[:1]])
         assert batch_cost(ex, grown) > max_tokens

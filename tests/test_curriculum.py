@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from conftest import run_module, train_smoke
 from nmt.config import StageConfig
-from nmt.curriculum import check_stages, plan_stages, stage_at
+from nmt.curriculum import check_stages, entry_table, plan_stages, planned_entries, stage_at
 from nmt.errors import UserError
 from test_trainer_step import make_trainer
 
@@ -35,9 +37,31 @@ def test_plan_stages_hand_computed():
     # best validation steps out of a 1000-step run: the early-best (over-fitting) pairs enter late.
     best = {"a-b": 1000, "b-a": 900, "c-d": 400, "d-c": 300, "e-f": 100, "f-e": 1000}
     stages = plan_stages(best, 1000, 3)
-    # entries: a-b 0, f-e 0, b-a 100, c-d 600, d-c 700, e-f 900 -> groups of two
+    # ideal entries N - best: a-b 0, f-e 0 | b-a 100, c-d 600, d-c 700, e-f 900. Stage 0 = the
+    # entry-0 directions; the later entries 100 600 700 900 have gaps 500, 100, 200: the widest
+    # (500) cuts them into {100} and {600, 700, 900}, each stage starting at its latest entry.
     assert [(s.start_step, s.directions) for s in stages] == [
-        (0, ["a-b", "f-e"]), (100, ["a-b", "f-e", "b-a", "c-d"]), (700, ["a-b", "f-e", "b-a", "c-d", "d-c", "e-f"])]
+        (0, ["a-b", "f-e"]), (100, ["a-b", "f-e", "b-a"]),
+        (900, ["a-b", "f-e", "b-a", "c-d", "d-c", "e-f"])]
+    assert planned_entries(stages) == {"a-b": 0, "f-e": 0, "b-a": 100, "c-d": 900, "d-c": 900, "e-f": 900}
+    # Four stages: the next widest gap (200, between 700 and 900) is cut too.
+    four = plan_stages(best, 1000, 4)
+    assert [s.start_step for s in four] == [0, 100, 700, 900]
+    assert planned_entries(four)["c-d"] == 700
+    # Never early: every planned entry >= its ideal entry N - best.
+    for n in (2, 3, 4, 5, 9):
+        planned = planned_entries(plan_stages(best, 1000, n))
+        assert all(planned[d] >= 1000 - b for d, b in best.items())
+    table = entry_table(best, 1000, stages)
+    assert "# c-d" in table and "600      900  (late by 300)" in table
+
+
+def test_plan_stages_refuses_what_would_enter_early():
+    with pytest.raises(UserError, match="--steps 900"):  # nobody is best at the last step
+        plan_stages({"a-b": 900, "b-a": 500}, 1000, 3)
+    with pytest.raises(UserError, match="--stages 2"):
+        plan_stages({"a-b": 1000, "b-a": 500}, 1000, 1)
+    assert [s.start_step for s in plan_stages({"a-b": 1000, "b-a": 1000}, 1000, 1)] == [0]
 
 
 def test_stage_switch_happens_at_the_exact_step(prepared_corpus, tmp_path):
@@ -69,10 +93,29 @@ def test_resume_across_a_stage_boundary_is_exact(prepared_corpus, tmp_path):
 
 def test_plan_cli_writes_a_snippet_that_trains(prepared_corpus, smoke_run, tmp_path):
     out = tmp_path / "stages.yaml"
-    run_module("nmt.curriculum", "plan", smoke_run, "--stages", "2", "--out", out)
+    proc = run_module("nmt.curriculum", "plan", smoke_run, "--stages", "2", "--out", out)
+    assert "ideal" in proc.stdout and "planned" in proc.stdout  # the entry table is printed too
     text = out.read_text()
+    assert "# direction" in text
     assert "curriculum:" in text and "start_step: 0" in text
     again = run_module("nmt.curriculum", "plan", smoke_run, "--out", out, check=False)
     assert again.returncode == 2 and "Traceback" not in again.stderr  # never overwrites
     bad = run_module("nmt.curriculum", "plan", tmp_path, check=False)
     assert bad.returncode == 2 and "valid_log.jsonl" in bad.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(best=st.lists(st.integers(0, 1000), min_size=1, max_size=12), n=st.integers(2, 6))
+def test_plan_never_lets_a_direction_in_early(best, n):
+    best_step = {f"d{i}-e{i}": b for i, b in enumerate(best)}
+    best_step["top-last"] = 1000  # one direction is best at the last step: stage 0 is not empty
+    stages = plan_stages(best_step, 1000, n)
+    planned = planned_entries(stages)
+    assert set(planned) == set(best_step) and len(stages) <= n and stages[0].start_step == 0
+    assert all(planned[d] >= 1000 - b for d, b in best_step.items())
+    for a, b in zip(stages, stages[1:]):  # nested and strictly later
+        assert set(a.directions) < set(b.directions) and a.start_step < b.start_step
+    # Each stage starts exactly at the ideal entry of one of its new directions (its latest).
+    for a, b in zip(stages, stages[1:]):
+        new = set(b.directions) - set(a.directions)
+        assert b.start_step == max(1000 - best_step[d] for d in new)

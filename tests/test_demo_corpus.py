@@ -178,7 +178,7 @@ def test_pipeline_on_tiny_catalogs(tmp_path, monkeypatch, capsys):
     assert sum(dropped) == 1
     eng = (out / "flores" / "dev" / "eng_Latn.dev").read_text(encoding="utf-8").splitlines()
     ja = (out / "flores" / "dev" / "jpn_Jpan.dev").read_text(encoding="utf-8").splitlines()
-    assert len(eng) == len(ja) == 4 and all(j == "色 " + e[7:] for e, j in zip(eng, ja))
+    assert len(eng) == len(ja) == 4 and all(j == "色 " + e[7:] for e, j in zip(eng, ja, strict=True))
     assert m["flores"]["devtest"] == ["deu_Latn", "eng_Latn", "fra_Latn", "jpn_Jpan"]
     train_en = (out / "bitext/train/deu_Latn-eng_Latn.eng_Latn").read_text(encoding="utf-8").splitlines()
     assert not set(train_en) & set(eng)

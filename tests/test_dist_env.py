@@ -105,7 +105,7 @@ def test_init_does_nothing_for_one_process(monkeypatch):
 
 def _run_two(commands: list[list[str]], envs: list[dict[str, str]]) -> list[str]:
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd, env in zip(commands, envs)]
+             for cmd, env in zip(commands, envs, strict=True)]
     outs = []
     for p in procs:
         try:

@@ -34,7 +34,7 @@ def test_list_and_read(tmp_path):
 
 def test_read_text_lines_keeps_inner_empty_lines(tmp_path):
     p = tmp_path / "x.txt"
-    p.write_bytes("a\n\nc\n".encode())
+    p.write_bytes(b"a\n\nc\n")
     assert flores.read_text_lines(p) == ["a", "", "c"]
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
+from nmt.cli import parse_overrides
 from nmt.errors import UserError
 from nmt.eval import report
-from nmt.cli import parse_overrides
 from nmt.evaluate import EvalConfig, evaluate, main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -220,13 +220,14 @@ def test_world_size_two_shards_are_disjoint_and_cover_the_plan():
     seen0, seen1 = set(), set()
     for k in range(plan.steps):
         b0, b1 = next(r0), next(r1)
-        seen0 |= set(zip(b0.direction.tolist(), b0.index.tolist()))
-        seen1 |= set(zip(b1.direction.tolist(), b1.index.tolist()))
+        seen0 |= set(zip(b0.direction.tolist(), b0.index.tolist(), strict=True))
+        seen1 |= set(zip(b1.direction.tolist(), b1.index.tolist(), strict=True))
         for got, want in ((b0, plan.batches[2 * k]), (b1, plan.batches[2 * k + 1])):
             assert same(got, data.collate(plan.examples.direction[want], plan.examples.index[want]))
     ex = plan.examples
     everything = np.concatenate(plan.batches)
-    all_pairs = {(int(d), int(data.kept(d)[i])) for d, i in zip(ex.direction[everything], ex.index[everything])}
+    planned = zip(ex.direction[everything], ex.index[everything], strict=True)
+    all_pairs = {(int(d), int(data.kept(d)[i])) for d, i in planned}
     assert not seen0 & seen1 and seen0 | seen1 == all_pairs
     # the state is rank-independent: rank 1 resumes from rank 0's state
     state, nxt1 = r0.state_dict(), next(r1)
@@ -285,7 +286,8 @@ def test_plan_for_a_million_examples_is_fast():
             return len(self.sizes)
 
     dirs = [EF, ED, "eng_Latn-rus_Cyrl"]
-    data = ParallelData(dirs, {d: (SizesOnly(n), SizesOnly(n)) for d, n in zip(dirs, (600_000, 300_000, 100_000))})
+    sizes = zip(dirs, (600_000, 300_000, 100_000), strict=True)
+    data = ParallelData(dirs, {d: (SizesOnly(n), SizesOnly(n)) for d, n in sizes})
     loader = TrainLoader(data, {EF: 0.4, ED: 0.35, "eng_Latn-rus_Cyrl": 0.25}, max_tokens=4096, seed=0)
     t = time.perf_counter()
     plan = loader.plan()
@@ -297,7 +299,7 @@ def test_valid_loader_covers_each_direction_once_deterministically():
     data = make_data(max_source_positions=12)
     valid = ValidLoader(data, max_tokens=40)
     batches = list(valid)
-    assert len(batches) == len(valid) and [same(a, b) for a, b in zip(batches, list(valid))] == [True] * len(batches)
+    assert len(batches) == len(valid) and all(same(a, b) for a, b in zip(batches, list(valid), strict=True))
     for i, d in enumerate(data.directions):
         got = sorted(int(x) for b in batches if b.direction[0] == i for x in b.index)
         assert got == sorted(data.kept(i).tolist()) and len(got) == data.sizes()[d]
@@ -307,7 +309,7 @@ def test_valid_loader_covers_each_direction_once_deterministically():
         ValidLoader(data, max_tokens=40, rank=1, world_size=2)
     )
     assert sorted(len(b) for b in halves) == sorted(len(b) for b in batches)
-    assert all(same(a, b) for a, b in zip(valid_batches(data, 40), batches))
+    assert all(same(a, b) for a, b in zip(valid_batches(data, 40), batches, strict=True))
 
 
 def test_changed_seed_at_epoch_start_keeps_the_epoch_number():

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from nmt.config import OptimConfig
-from nmt.training.loss import label_smoothed_nll
+from nmt.data.parallel import TAG_OFFSET, collate
+from nmt.langs import FLORES200
+from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.optim import inverse_sqrt_lr
 
 
@@ -29,6 +31,25 @@ def test_padding_and_per_direction_sums():
     assert out.nll.item() == pytest.approx(3 * math.log(4.0))
     assert out.nll_per_direction.tolist() == pytest.approx([2 * math.log(4.0), math.log(4.0)])
     assert out.tokens_per_direction.tolist() == [2.0, 1.0]
+
+
+def test_loss_include_tag_adds_exactly_the_tag_position():
+    # Two sentences (y = [7, 8] and [9]) into fra_Latn; V = 300. Logits are zero (uniform) at
+    # position 0, so the tag position's smoothed loss is (1-e-e/(V-1))*lnV + e/(V-1)*V*lnV = lnV.
+    fra = FLORES200.index("fra_Latn")
+    batch = collate([[5], [6]], [[7, 8], [9]], [FLORES200.index("eng_Latn")] * 2, [fra] * 2, [0, 0])
+    vocab, eps = 300, 0.1
+    logits = torch.randn(2, batch.target.shape[1], vocab, generator=torch.Generator().manual_seed(0))
+    logits[:, 0] = 0.0
+    tagged = with_target_tag(batch)
+    assert tagged.target[:, 0].tolist() == [TAG_OFFSET + fra] * 2 and batch.target[:, 0].tolist() == [0, 0]
+    assert tagged.target[:, 1:].equal(batch.target[:, 1:])
+    assert tagged.n_tgt_tokens == batch.n_tgt_tokens + 2 == 5 + 2
+    without = label_smoothed_nll(logits, batch.target, eps)
+    with_tag = label_smoothed_nll(logits, tagged.target, eps)
+    assert with_tag.ntokens == without.ntokens + 2
+    assert (with_tag.loss - without.loss).item() == pytest.approx(2 * math.log(vocab), rel=1e-5)
+    assert (with_tag.nll - without.nll).item() == pytest.approx(2 * math.log(vocab), rel=1e-5)
 
 
 def test_inverse_sqrt_schedule():

@@ -114,4 +114,4 @@ def test_sentences_leaving_the_batch_early_do_not_change_the_others():
     together = beam_search(model, batch, torch.full((len(srcs),), TAG), **kw)
     alone = [beam_search(model, torch.tensor([s]), torch.tensor([TAG]), **kw)[0] for s in srcs]
     assert together == alone
-    assert all(len(h) <= n + 2 for h, n in zip(together, (len(s) for s in srcs)))
+    assert all(len(h) <= n + 2 for h, n in zip(together, (len(s) for s in srcs), strict=True))

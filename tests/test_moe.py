@@ -40,13 +40,13 @@ def gshard_reference(layer: MoELayer, x: torch.Tensor, cap: int) -> tuple[torch.
         locs.append(loc2)
     me, ce = probs.mean(0), m1.double().mean(0)
     balance = e * e * (me * ce).mean()
-    masks = [m * (loc < cap) for m, loc in zip(masks, locs)]
+    masks = [m * (loc < cap) for m, loc in zip(masks, locs, strict=True)]
     gates = [(probs * m).sum(-1) for m in masks]
     if cfg.top_k == 2:
         denom = (gates[0] + gates[1]).clamp(min=torch.finfo(probs.dtype).eps)
         gates = [g / denom for g in gates]
     combine = torch.zeros(s, e, cap)
-    for m, loc, g in zip(masks, locs, gates):
+    for m, loc, g in zip(masks, locs, gates, strict=True):
         slot = F.one_hot((loc * m).sum(-1), cap)
         combine = combine + g[:, None, None] * m[:, :, None] * slot[:, None, :]
     dispatch = combine.bool().double()
@@ -87,7 +87,7 @@ def test_matches_gshard_einsum_reference_in_capacity_mode(top_k: int) -> None:
     assert torch.allclose(y, y_ref, atol=1e-12)
     assert torch.allclose(aux["moe/enc0/balance"], balance, atol=1e-12)
     g_ref = grads(layer, x, y_ref, layer.cfg.balance_loss_weight * balance)
-    for a, b in zip(g_ours, g_ref):
+    for a, b in zip(g_ours, g_ref, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
 
 
@@ -101,7 +101,7 @@ def test_dropless_equals_capacity_mode_when_nothing_overflows() -> None:
     layer.cfg.dropless = True
     y_free = layer.forward_tokens(x, {})
     assert torch.equal(y_cap, y_free)
-    for a, b in zip(g_cap, grads(layer, x, y_free)):
+    for a, b in zip(g_cap, grads(layer, x, y_free), strict=True):
         assert torch.allclose(a, b, atol=1e-14)
 
 
@@ -138,11 +138,11 @@ def test_normalize_before_dropping_keeps_pre_cut_gates() -> None:
     p = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.1, 0.3]])
     cfg = MoEConfig(experts=3, top_k=2, encoder_freq=1, normalize_before_dropping=True)
     r = route(p.log(), cfg, cap=1)  # expert 0 keeps token 0 only; token 1 keeps its 2nd choice (2) only
-    got = {(int(t), int(e)): float(g) for t, e, g in zip(r.token, r.expert, r.gate)}
+    got = {(int(t), int(e)): float(g) for t, e, g in zip(r.token, r.expert, r.gate, strict=True)}
     assert got == pytest.approx({(0, 0): 0.5 / 0.8, (0, 1): 0.3 / 0.8, (1, 2): 0.3 / 0.9})
     cfg.normalize_before_dropping = False
     r = route(p.log(), cfg, cap=1)
-    got = {(int(t), int(e)): float(g) for t, e, g in zip(r.token, r.expert, r.gate)}
+    got = {(int(t), int(e)): float(g) for t, e, g in zip(r.token, r.expert, r.gate, strict=True)}
     assert got == pytest.approx({(0, 0): 0.5 / 0.8, (0, 1): 0.3 / 0.8, (1, 2): 1.0})
 
 
@@ -164,7 +164,7 @@ def test_second_expert_policies() -> None:
     r_samp = route(logits, MoEConfig(**base, second_expert_policy="sampling"), cap=None)
     second_samp = torch.zeros(2000, dtype=torch.long)
     first = probs.argmax(-1)
-    for e, t in zip(r_samp.expert.tolist(), r_samp.token.tolist()):
+    for e, t in zip(r_samp.expert.tolist(), r_samp.token.tolist(), strict=True):
         if e != int(first[t]):
             second_samp[t] = e
     assert (second_samp != first).all()
@@ -286,7 +286,7 @@ def test_expert_kernel_gradients_match_finite_differences(p: float) -> None:
     assert torch.allclose(y, y_ref)
     y_ref.backward(torch.ones_like(y_ref))
     assert torch.allclose(grads[0], x.grad)
-    for got, t in zip(grads[1:], (w1, b1, w2, b2)):
+    for got, t in zip(grads[1:], (w1, b1, w2, b2), strict=True):
         assert torch.allclose(got, 0.5 * t.grad)
     assert torch.equal(grads[1][1], torch.zeros(3, 5))
     assert torch.autograd.gradcheck(lambda *a: _ReluExperts.apply(*a, counts, 0.0, 1.0),
@@ -320,5 +320,5 @@ def test_aux_loss_attached_to_the_output_gives_the_same_gradients() -> None:
         got = grads(attached, x, y_a)
     finally:
         AuxLossThroughOutput.scale = 1.0
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         assert torch.allclose(a, b, atol=1e-12)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, run_module
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import REPO, run_module
 from nmt.config import register, validate
 from nmt.inference import Translator
 from nmt.models.moe import MoELayer

@@ -54,7 +54,7 @@ def test_a_run_with_stdout_to_a_pipe_writes_progress_lines_not_a_bar(prepared_co
                       f"hydra.run.dir={tmp_path / 'run'}")
     lines = [line for line in proc.stdout.splitlines() if re.search(r"step \d+/20: loss", line)]
     assert len(lines) == 2, proc.stdout[-3000:]
-    for step, line in zip((10, 20), lines):
+    for step, line in zip((10, 20), lines, strict=True):
         assert re.search(rf"step {step}/20: loss \d+\.\d{{3}}, \d+ tok/s, lr [0-9.e-]+, ETA (\d+m)?\d+s$", line), line
     assert "\r" not in proc.stdout + proc.stderr  # no carriage-return bar updates
     assert max(len(line) for line in (proc.stdout + proc.stderr).splitlines()) < 1000

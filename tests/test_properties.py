@@ -29,6 +29,7 @@ from nmt.data.batching import Examples, batch_by_tokens, batch_cost
 from nmt.data.indexed import IndexedDataset, IndexedDatasetWriter, dtype_for_vocab
 from nmt.data.sampling import direction_probs, epoch_counts
 from nmt.data.tokenizer import Tokenizer
+from nmt.errors import UserError
 from nmt.langs import all_tag_tokens
 
 try:
@@ -120,12 +121,13 @@ def test_fixed_weights_are_normalised(data, sizes):
 
 @FAST
 @given(sizes=sizes_st,
-       budget=st.one_of(st.none(), st.floats(1.0, 1e11, allow_nan=False)),
+       budget=st.floats(1.0, 1e11, allow_nan=False),
        max_epochs=st.floats(0.01, 100.0, allow_nan=False))
 def test_unimax_respects_budget_and_epoch_cap(sizes, budget, max_epochs):
-    p = direction_probs(sizes, "unimax", unimax_budget=budget, unimax_max_epochs=max_epochs)
+    p = direction_probs(sizes, "unimax", unimax_budget=budget, unimax_max_epochs=max_epochs,
+                          unimax_allow_proportional=True)
     assert_distribution(p, sizes)
-    b = float(sum(sizes.values())) if budget is None else budget
+    b = budget
     # The greedy UniMax pass hands out min(B, N * sum(U)) units in total (every direction is
     # capped at N * U_l epochs, and whatever is not capped takes an equal share of B), so the
     # allocation of each direction is a_l = p_l * min(B, N * sum(U)).
@@ -143,10 +145,14 @@ def test_unimax_respects_budget_and_epoch_cap(sizes, budget, max_epochs):
 
 @FAST
 @given(sizes=sizes_st)
-def test_unimax_one_epoch_default_budget_is_proportional(sizes):
-    p = direction_probs(sizes, "unimax")  # budget = sum(U), at most one epoch each
+def test_unimax_budget_covering_every_epoch_is_proportional_and_refused(sizes):
+    budget = float(sum(sizes.values()))  # N = 1: every direction capped at its size
+    p = direction_probs(sizes, "unimax", unimax_budget=budget, unimax_allow_proportional=True)
     p1 = direction_probs(sizes, "temperature", temperature=1.0)
     assert p == pytest.approx(p1, rel=1e-9, abs=1e-15)
+    if len(set(sizes.values())) > 1:
+        with pytest.raises(UserError, match="unimax_allow_proportional"):
+            direction_probs(sizes, "unimax", unimax_budget=budget)
 
 
 probs_st = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=8).filter(
@@ -230,7 +236,7 @@ def test_batches_partition_examples_within_budget(ex, max_tokens, max_sentences,
         again = batch_by_tokens(ex, max_tokens, max_sentences, one_direction_per_batch=one_direction,
                                 generator=torch.Generator().manual_seed(seed))
         assert len(again) == len(batches)
-        assert all(np.array_equal(a, b) for a, b in zip(again, batches))
+        assert all(np.array_equal(a, b) for a, b in zip(again, batches, strict=True))
 
 
 @MEDIUM
@@ -351,7 +357,7 @@ def test_moses_files_round_trip_line_aligned(pairs, crlf, trailing):
         write_lines(sp, src, crlf, trailing)
         write_lines(tp, tgt, crlf, not trailing)
         got = list(readers.read_moses(sp, tp))
-        assert got == list(zip(without_bom(src), without_bom(tgt)))
+        assert got == list(zip(without_bom(src), without_bom(tgt), strict=True))
         assert readers.count_lines(sp) == len(src)
         assert list(readers.iter_lines(sp)) == without_bom(src)
 
@@ -421,7 +427,7 @@ def test_cleaner_counts_add_up(src, data, max_len, max_ratio, dedup):
     assert all(v >= 0 for v in counts["dropped"].values())
     assert counts["kept"] == len(kept)
     assert counts["kept"] + sum(counts["dropped"].values()) == len(pairs)
-    assert counts["dropped"]["invalid_utf8"] == sum(not (valid(s) and valid(t)) for s, t in zip(src, tgt))
+    assert counts["dropped"]["invalid_utf8"] == sum(not (valid(s) and valid(t)) for s, t in zip(src, tgt, strict=True))
     for s, t in kept:
         assert s and t and s == " ".join(s.split()) and t == " ".join(t.split())
         assert clean.drop_reason(s, t, "eng_Latn", "zho_Hans", max_len=max_len, max_ratio=max_ratio) is None

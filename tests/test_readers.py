@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 
 from data_prep import clean, readers
-from data_prep.manifest import (LineWriter, add_input, add_pair, atomic_dir, atomic_file,
-                                load_manifest, new_manifest, pair_name, sha256_file, write_manifest)
+from data_prep.manifest import (
+    LineWriter,
+    add_input,
+    add_pair,
+    atomic_dir,
+    atomic_file,
+    load_manifest,
+    new_manifest,
+    pair_name,
+    sha256_file,
+    write_manifest,
+)
 from nmt.errors import UserError
 
 

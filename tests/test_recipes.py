@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -28,5 +30,5 @@ def test_curriculum_recipe_stages_nest():
         cfg = OmegaConf.to_object(compose("config", overrides=["+recipe=curriculum"]))
     stages = cfg.curriculum.stages
     assert [s.start_step for s in stages] == [0, 1000, 2000]
-    assert all(set(a.directions) < set(b.directions) for a, b in zip(stages, stages[1:]))
+    assert all(set(a.directions) < set(b.directions) for a, b in itertools.pairwise(stages))
     assert len(stages[-1].directions) == 14  # every direction of the default demo corpus

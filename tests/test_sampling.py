@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from nmt.data.sampling import direction_probs, epoch_counts
+from nmt.config import Config, StageConfig
+from nmt.data.sampling import (
+    direction_probs,
+    epoch_counts,
+    mean_example_tokens,
+    probs_for_run,
+    stage_steps,
+    unimax_run_budget,
+)
 from nmt.errors import UserError
 
 SIZES = {"a": 100, "b": 10}
@@ -36,7 +45,8 @@ def test_temperature_huge_temperature_and_tiny_direction_do_not_underflow():
 
 
 def test_uniform():
-    assert direction_probs({"a": 7, "b": 1, "c": 100, "d": 3}, "uniform") == {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}
+    probs = direction_probs({"a": 7, "b": 1, "c": 100, "d": 3}, "uniform")
+    assert probs == {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}
 
 
 def test_unimax_by_hand():
@@ -52,15 +62,66 @@ def test_unimax_by_hand():
     assert p == pytest.approx({"a": 0.05, "b": 0.25, "c": 0.35, "d": 0.35}, abs=1e-12)
 
 
-def test_unimax_default_budget_is_total_size():
-    # B = 1 + 3 = 4, N = 1: a: share 2, cap 1 -> 1; b: share 3, cap 3 -> 3 => proportional.
-    assert direction_probs({"a": 1, "b": 3}, "unimax") == pytest.approx({"a": 0.25, "b": 0.75})
-    # B larger than N * total: everything is capped at N * U -> proportional again (2, 6).
-    assert direction_probs({"a": 1, "b": 3}, "unimax", unimax_budget=100, unimax_max_epochs=2) == pytest.approx(
-        {"a": 0.25, "b": 0.75}
-    )
+def test_unimax_budget_that_caps_everything_is_refused_unless_allowed():
+    # B = 1 + 3 = 4, N = 1: a: share 2, cap 1 -> 1; b: share 3, cap 3 -> 3: every direction capped,
+    # which is proportional sampling (T = 1) and is refused by default.
+    with pytest.raises(UserError, match="sampling.unimax_allow_proportional") as e:
+        direction_probs({"a": 1, "b": 3}, "unimax", unimax_budget=4)
+    assert "sampling.unimax_budget" in str(e.value) and "trainer.max_steps" in str(e.value)
+    p = direction_probs({"a": 1, "b": 3}, "unimax", unimax_budget=4, unimax_allow_proportional=True)
+    assert p == pytest.approx({"a": 0.25, "b": 0.75})
+    # B larger than N * total: everything capped at N * U (2, 6) -> proportional again.
+    with pytest.raises(UserError, match="proportional"):
+        direction_probs({"a": 1, "b": 3}, "unimax", unimax_budget=100, unimax_max_epochs=2)
+    # B = 3.9 < 4: b gets 2.9 < 3, not capped: a = 1, b = 2.9 -> 1/3.9, 2.9/3.9 (accepted).
+    assert direction_probs({"a": 1, "b": 3}, "unimax", unimax_budget=3.9) == pytest.approx(
+        {"a": 1 / 3.9, "b": 2.9 / 3.9})
     # Small budget, nothing capped: uniform (share 1 each, caps 1 and 3).
     assert direction_probs({"a": 1, "b": 3}, "unimax", unimax_budget=2) == pytest.approx({"a": 0.5, "b": 0.5})
+    # Equal sizes: every method is proportional, nothing to refuse.
+    assert direction_probs({"a": 5, "b": 5}, "unimax", unimax_budget=100) == pytest.approx({"a": 0.5, "b": 0.5})
+    with pytest.raises(UserError, match="needs a budget"):
+        direction_probs({"a": 1, "b": 3}, "unimax")
+
+
+def test_unimax_run_budget_by_hand():
+    # 1000 updates x 2 accumulated x 4 ranks x 4096 tokens / 32 tokens per example = 1,024,000.
+    assert unimax_run_budget(1000, 4096, 2, 4, 32.0) == pytest.approx(1_024_000)
+    with pytest.raises(UserError, match="sampling.unimax_budget"):
+        unimax_run_budget(1000, 4096, 1, 1, 0.0)
+
+
+class _Data:
+    """ParallelData stand-in: directions and (src_len, tgt_len) of the kept examples."""
+
+    def __init__(self):
+        self.directions = ["a-b", "c-d"]
+        self._lens = {0: ([3, 10], [5, 4]), 1: ([6, 6, 6, 6], [2, 2, 2, 2])}
+
+    def lengths(self, i):
+        return np.array(self._lens[i][0]), np.array(self._lens[i][1])
+
+
+def test_mean_example_tokens_uses_the_batch_cost_length():
+    # max(src, tgt): a-b 5, 10; c-d 6 x 4 -> (15 + 24) / 6 = 6.5; only the asked directions count.
+    assert mean_example_tokens(_Data(), ["a-b", "c-d"]) == pytest.approx(6.5)
+    assert mean_example_tokens(_Data(), ["a-b"]) == pytest.approx(7.5)
+
+
+def test_probs_for_run_derives_the_budget_from_the_run():
+    cfg = Config()
+    cfg.sampling.method, cfg.sampling.unimax_max_epochs = "unimax", 1.0
+    cfg.trainer.max_steps, cfg.trainer.update_freq, cfg.data.max_tokens = 1, 1, 13
+    # Mean length 6.5 -> B = 1 x 1 x 1 x 13 / 6.5 = 2 examples over sizes a-b 2, c-d 4: uniform.
+    sizes = {"a-b": 2, "c-d": 4}
+    assert probs_for_run(cfg, sizes, {}, _Data(), 1) == pytest.approx({"a-b": 0.5, "c-d": 0.5})
+    # Two ranks: B = 4 -> a-b share 2 = cap 2, c-d 2 (cap 4): still uniform, not all capped.
+    assert probs_for_run(cfg, sizes, {}, _Data(), 2) == pytest.approx({"a-b": 0.5, "c-d": 0.5})
+    # Three ranks: B = 6 = 2 + 4, every direction capped -> refused, naming the keys.
+    with pytest.raises(UserError, match="unimax_allow_proportional"):
+        probs_for_run(cfg, sizes, {}, _Data(), 3)
+    cfg.sampling.unimax_budget = 3.0  # explicit budget wins: a-b 1.5, c-d 1.5
+    assert probs_for_run(cfg, sizes, {}, _Data(), 3) == pytest.approx({"a-b": 0.5, "c-d": 0.5})
 
 
 def test_fixed_weights_normalised():
@@ -93,7 +154,7 @@ def test_fixed_weight_errors(kwargs, key):
         ({"a": 0, "b": 3}, {"method": "uniform"}, "direction a has no training examples"),
         ({"a": 1}, {"method": "bogus"}, "sampling.method"),
         ({"a": 1}, {"method": "unimax", "unimax_budget": 0}, "sampling.unimax_budget"),
-        ({"a": 1}, {"method": "unimax", "unimax_max_epochs": 0}, "sampling.unimax_max_epochs"),
+        ({"a": 1}, {"method": "unimax", "unimax_budget": 1, "unimax_max_epochs": 0}, "sampling.unimax_max_epochs"),
     ],
 )
 def test_validation_errors_name_the_key(sizes, kwargs, key):
@@ -130,3 +191,31 @@ def test_epoch_counts_errors():
         epoch_counts({"a": 1.0}, {"a": 3}, 0, g)
     with pytest.raises(UserError, match="without data"):
         epoch_counts({"x": 1.0}, {"a": 3}, 5, g)
+
+
+class _StageData(_Data):
+    """The same lengths under real direction names (curriculum stages validate them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.directions = ["deu_Latn-eng_Latn", "eng_Latn-fra_Latn"]
+
+    def sizes(self):
+        return {"deu_Latn-eng_Latn": 2, "eng_Latn-fra_Latn": 4}
+
+
+def test_unimax_budget_of_a_curriculum_stage_is_its_own_span():
+    a, b = _StageData().directions
+    cfg = Config()
+    cfg.sampling.method = "unimax"
+    cfg.trainer.max_steps, cfg.trainer.update_freq, cfg.data.max_tokens = 3, 1, 13
+    cfg.curriculum.stages = [StageConfig(0, [a]), StageConfig(1, [a, b])]
+    assert stage_steps(cfg, [a], [a, b]) == 1 and stage_steps(cfg, [a, b], [a, b]) == 2
+    # Stage 1 trains 2 of the 3 updates: B = 2 x 13 / 6.5 = 4 -> a 2 (its cap), b 2 (cap 4): uniform.
+    # (The whole run's B = 3 x 13 / 6.5 = 6 would cap both and be refused.)
+    assert probs_for_run(cfg, _StageData().sizes(), {}, _StageData(), 1) == pytest.approx({a: 0.5, b: 0.5})
+    assert probs_for_run(cfg, {a: 2}, {}, _StageData(), 1) == {a: 1.0}
+    # Four updates: stage 1 spans 3, B = 6 caps both: refused already when stage 0 starts.
+    cfg.trainer.max_steps = 4
+    with pytest.raises(UserError, match="unimax_allow_proportional"):
+        probs_for_run(cfg, {a: 2}, {}, _StageData(), 1)

@@ -71,7 +71,8 @@ def launcher_overrides(sweep: Path, name: str, *extra: str) -> list[str]:
             f"hydra.sweep.dir={sweep}", *extra]
 
 
-def submit(corpus: Path, sweep: Path, name: str, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def submit(corpus: Path, sweep: Path, name: str, *overrides: str,
+           env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m nmt.train -m`` (a smoke run) through the slurm preset; the launcher waits for the job."""
     args = [sys.executable, "-m", "nmt.train", "-m", *SMOKE, f"data.corpus={corpus}",
             *launcher_overrides(sweep, name), *overrides]
@@ -85,7 +86,8 @@ def finish(proc: subprocess.Popen, sweep: Path, timeout: float = 300) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        raise AssertionError(f"the launcher did not return within {timeout} s:\n{out[-3000:]}\n{job_logs(sweep)}")
+        raise AssertionError(
+            f"the launcher did not return within {timeout} s:\n{out[-3000:]}\n{job_logs(sweep)}") from None
     assert proc.returncode == 0, f"launcher failed ({proc.returncode}):\n{out[-3000:]}\n{job_logs(sweep)}"
     return out
 

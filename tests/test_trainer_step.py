@@ -41,7 +41,7 @@ def test_gradient_accumulation_equals_one_large_batch(prepared_corpus, tmp_path)
     s1, s2 = one.train_step(), two.train_step()
     assert s1.tokens == s2.tokens == int(full.target.ne(0).sum())
     assert abs(s1.nll_sum - s2.nll_sum) < 1e-3
-    for (name, p1), (_, p2) in zip(one.model.named_parameters(), two.model.named_parameters()):
+    for (name, p1), (_, p2) in zip(one.model.named_parameters(), two.model.named_parameters(), strict=True):
         assert torch.allclose(p1.grad, p2.grad, atol=1e-6, rtol=1e-4), name
 
 

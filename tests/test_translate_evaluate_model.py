@@ -32,7 +32,8 @@ def test_translate_bad_inputs(smoke_run, tmp_path):
         ([f"ckpt={tmp_path / 'none.pt'}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"input={bad}"], "none.pt"),
         (["src_lang=eng_Latn", "tgt_lang=fra_Latn"], "ckpt"),
         ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"input={bad}", f"output={bad}"], "overwrite=true"),
-        ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"output={tmp_path / 'no' / 'x.txt'}"], "does not exist"),
+        ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", f"output={tmp_path / 'no' / 'x.txt'}"],
+         "does not exist"),
         ([f"ckpt={ckpt}", "src_lang=eng_Latn", "tgt_lang=fra_Latn", "device=gpu"], "device"),
     ]
     for args, needle in cases:

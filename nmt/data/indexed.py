@@ -236,7 +236,7 @@ class IndexedDataset:
         return {"prefix": str(self.bin_path)[: -len(".bin")]}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["prefix"])
+        IndexedDataset.__init__(self, state["prefix"])
 
     def __repr__(self) -> str:
         return f"IndexedDataset({str(self.bin_path)[:-4]!r}, n={len(self)}, dtype={self.dtype.name})"

@@ -14,9 +14,10 @@ would have produced. A different world size resumes at the same global position
 (``global_batch``, the batches of the epoch all ranks drew), so W ranks × update_freq u and
 W' ranks × u' with W·u = W'·u' see the same batches (within an epoch: its dropped tail depends
 on W). When a plan-shaping setting differs (seed, directions, probabilities, max_tokens,
-max_sentences, epoch_size, one_direction_per_batch, or the filtered data sizes) the loader warns, naming the settings, and continues at the start of the next epoch
-with the new settings (at the saved epoch itself when it had not started): no half-epoch is
-replayed under a different plan. For curriculum runs call ``set_directions`` for the resumed
+max_sentences, epoch_size, one_direction_per_batch, or the filtered data sizes) the loader
+warns, naming the settings, and continues at the start of the next epoch with the new settings
+(at the saved epoch itself when it had not started): no half-epoch is replayed under a
+different plan. For curriculum runs call ``set_directions`` for the resumed
 stage BEFORE ``load_state_dict``.
 
 ``Batch``, ``collate`` and ``ParallelData`` live in ``nmt.data.parallel`` and are re-exported.
@@ -70,7 +71,7 @@ class PlanSettings:
             old = saved.get(key)
             if key == "probs":
                 same = isinstance(old, list) and len(old) == len(value) and all(
-                    math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(old, value)
+                    math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(old, value, strict=True)
                 )
             else:
                 same = old == value
@@ -133,8 +134,8 @@ def _draw(n: int, count: int, g: torch.Generator) -> np.ndarray:
 def build_epoch_plan(seed: int, epoch: int, settings: PlanSettings, pools: Mapping[str, Pool]) -> EpochPlan:
     """The plan of epoch ``epoch``: a pure function of its arguments."""
     g = epoch_generator(seed, epoch)
-    sizes = dict(zip(settings.directions, settings.sizes))
-    counts = epoch_counts(dict(zip(settings.directions, settings.probs)), sizes, settings.epoch_size, g)
+    sizes = dict(zip(settings.directions, settings.sizes, strict=True))
+    counts = epoch_counts(dict(zip(settings.directions, settings.probs, strict=True)), sizes, settings.epoch_size, g)
     parts = []
     for d in settings.directions:
         pool, c = pools[d], counts[d]
@@ -315,7 +316,7 @@ class TrainLoader:
         counts = self._sent if unit == "sentences" else self._tok
         total = int(counts.sum())
         ids = [self.pools[d].direction_id for d in self.active]
-        return {d: (int(counts[i]) / total if total else 0.0) for d, i in zip(self.active, ids)}
+        return {d: (int(counts[i]) / total if total else 0.0) for d, i in zip(self.active, ids, strict=True)}
 
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict:

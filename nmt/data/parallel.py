@@ -50,7 +50,7 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor moved to ``device``."""
-        moved = {
+        moved: dict[str, Any] = {  # tensors and ints
             f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
             for f in fields(self)
             for v in [getattr(self, f.name)]
@@ -67,7 +67,7 @@ def collate(
     tgt: Sequence[np.ndarray],
     src_lang: Sequence[int],
     tgt_lang: Sequence[int],
-    direction: Sequence[int],
+    direction: Sequence[int] | np.ndarray,
     index: Sequence[int] | None = None,
     pad_to_multiple: int = 1,
 ) -> Batch:
@@ -164,7 +164,7 @@ class ParallelData:
         self._kept: list[np.ndarray] = []
         self._src_len: list[np.ndarray] = []
         self._tgt_len: list[np.ndarray] = []
-        for given, d in zip(directions, self.directions):
+        for given, d in zip(directions, self.directions, strict=True):
             src_ds, tgt_ds = datasets[d] if d in datasets else datasets[given]
             if len(src_ds) != len(tgt_ds):
                 raise UserError(
@@ -235,7 +235,7 @@ class ParallelData:
 
     def sizes(self) -> dict[str, int]:
         """Kept examples per direction (what the sampling probabilities should be based on)."""
-        return {d: len(k) for d, k in zip(self.directions, self._kept)}
+        return {d: len(k) for d, k in zip(self.directions, self._kept, strict=True)}
 
     def lengths(self, direction: int) -> tuple[np.ndarray, np.ndarray]:
         """(src_len, tgt_len) of the kept examples of direction id ``direction``, tokens added."""
@@ -248,7 +248,7 @@ class ParallelData:
     def collate(self, direction: np.ndarray, local: np.ndarray, pad_to_multiple: int = 1) -> Batch:
         """Batch of kept examples ``local[i]`` (index among kept) of direction ids ``direction[i]``."""
         src, tgt, index = [], [], []
-        for d, j in zip(direction.tolist(), local.tolist()):
+        for d, j in zip(direction.tolist(), local.tolist(), strict=True):
             i = int(self._kept[d][j])
             src_ds, tgt_ds = self._ds[d]
             src.append(src_ds[i])

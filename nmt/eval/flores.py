@@ -1,13 +1,15 @@
-"""Read a test set in the Flores-200 layout.
+"""Read a Flores-200 or Flores+ test set (layouts: nmt/eval/flores_layout.py).
 
-Layout (the one the Flores-200 release uses, and ``<corpus>/flores/`` in docs/architecture.md)::
+Flores-200 layout (also ``<corpus>/flores/`` in docs/architecture.md)::
 
     <dir>/dev/<code>.dev            # e.g. <dir>/dev/eng_Latn.dev
     <dir>/devtest/<code>.devtest    # e.g. <dir>/devtest/fra_Latn.devtest
 
+Flores+ (``<dir>/devtest/devtest.cmn_Hans``, or ``<code>.jsonl`` / ``<code>.parquet``) is read
+the same way, its renamed codes mapped to Flores-200 codes, which every function here takes.
 Every file of a split has the same number of lines: line ``i`` of each language is a
-translation of line ``i`` of every other (multi-way parallel). Only files whose ``<code>`` is a
-Flores-200 code (``nmt.langs.FLORES200``) count as languages; other files are ignored.
+translation of line ``i`` of every other (multi-way parallel). Only files of a Flores-200
+language (``nmt.langs.FLORES200``) count as languages; other files are ignored.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nmt.errors import UserError
-from nmt.langs import is_flores
+from nmt.eval.flores_layout import LAYOUTS, Layout, detect, read_rows
 
-LAYOUT = "<dir>/<split>/<code>.<split> (e.g. <dir>/devtest/eng_Latn.devtest)"
+LAYOUT = LAYOUTS
 
 
 def read_text_lines(path: str | Path, *, what: str = "file") -> list[str]:
@@ -66,21 +68,26 @@ def split_dir(flores_dir: str | Path, split: str) -> Path:
     return d
 
 
+def layout(flores_dir: str | Path, split: str) -> Layout:
+    """Release, version and file layout of ``<dir>/<split>`` (UserError if it mixes layouts)."""
+    return detect(flores_dir, split, split_dir(flores_dir, split))
+
+
 def lang_path(flores_dir: str | Path, split: str, code: str) -> Path:
-    """Path of one language file: ``<dir>/<split>/<code>.<split>``."""
-    return Path(flores_dir) / split / f"{code}.{split}"
+    """Path of the file of Flores-200 ``code``: ``<dir>/<split>/<code>.<split>`` for Flores-200,
+    ``<dir>/<split>/<split>.<Flores+ code>`` (or .jsonl / .parquet) for Flores+."""
+    d = Path(flores_dir) / split
+    if not d.is_dir():
+        return d / f"{code}.{split}"
+    return d / layout(flores_dir, split).file_name(split, code)
 
 
 def list_languages(flores_dir: str | Path, split: str) -> list[str]:
-    """Sorted Flores-200 codes that have a ``<code>.<split>`` file in ``<dir>/<split>``."""
+    """Sorted Flores-200 codes that have a file in ``<dir>/<split>`` (Flores+ codes mapped)."""
     d = split_dir(flores_dir, split)
-    suffix = f".{split}"
-    codes = [
-        f.name[: -len(suffix)]
-        for f in d.iterdir()
-        if f.is_file() and f.name.endswith(suffix) and is_flores(f.name[: -len(suffix)])
-    ]
-    return sorted(codes)
+    lay = layout(flores_dir, split)
+    codes = [lay.code_of(split, f.name) for f in d.iterdir() if f.is_file()]
+    return sorted(c for c in codes if c is not None)
 
 
 def read_language(flores_dir: str | Path, split: str, code: str) -> list[str]:
@@ -95,7 +102,8 @@ def read_language(flores_dir: str | Path, split: str, code: str) -> list[str]:
             f"{len(have)} language(s){': ' + shown if have else ''}; "
             f"the expected layout is {LAYOUT}"
         )
-    lines = read_text_lines(p, what="Flores file")
+    kind = layout(flores_dir, split).kind
+    lines = read_rows(p, kind) if kind in ("jsonl", "parquet") else read_text_lines(p, what="Flores file")
     if not lines:
         raise UserError(f"Flores file {p} is empty; every language file needs one sentence per line")
     return lines

@@ -7,10 +7,14 @@
                                           "copy_baseline": {...}?, "retrieval_baseline": {...}?}},
      "averages": {"all": {"chrf++": .., "bleu": ..}, "en-xx": {...}, "xx-en": {...}, "xx-yy": null},
      "copy_baseline": <same shape as "averages">?, "retrieval_baseline": <same>?,
+     "resource": {"corpus": .., "thresholds": {"low": .., "very_low": .., "source": ..},
+                  "train_pairs": {direction: n}, "groups": {direction: group}}?,
      ...extra keys given by the caller ("model", "split", "notes", ...)}
 
 Averages are plain means of the per-direction corpus scores; a group without directions is
-``null``. A baseline's averages use the directions where that baseline exists (the retrieval
+``null``. With ``"resource"`` (the training corpus is known, nmt/eval/resource.py) the averages
+also have the NLLB resource groups ``high-resource``, ``low-resource``, ``very-low-resource``
+and ``zero-shot``, by each direction's training-pair count. A baseline's averages use the directions where that baseline exists (the retrieval
 baseline needs training bitext for the direction). All files are written as ``<name>.tmp`` and
 renamed into place; existing files are kept unless ``overwrite`` is true.
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from nmt.errors import UserError
 from nmt.fileio import atomic_write
+from nmt.eval.resource import RESOURCE_GROUPS
 from nmt.langs import direction_group
 
 GROUPS = ("all", "en-xx", "xx-en", "xx-yy")
@@ -38,16 +43,28 @@ def _group_of(direction: str) -> str:
     return direction_group(src, tgt)
 
 
-def averages(per_direction: dict[str, dict | None]) -> dict[str, dict | None]:
-    """Mean of every metric by group: ``{"all": {...}, "en-xx": ..., "xx-en": ..., "xx-yy": ...}``.
+def _in_group(direction: str, group: str, resource: dict[str, str] | None) -> bool:
+    if group in RESOURCE_GROUPS:
+        return resource is not None and resource.get(direction) == group
+    return group == "all" or _group_of(direction) == group
+
+
+def _groups(results: dict) -> list[str]:
+    """The average groups of ``results``: GROUPS, then the resource groups when known."""
+    return list(GROUPS) + (list(RESOURCE_GROUPS) if "resource" in results else [])
+
+
+def averages(per_direction: dict[str, dict | None], resource: dict[str, str] | None = None) -> dict[str, dict | None]:
+    """Mean of every metric by group: ``{"all": {...}, "en-xx": ..., "xx-en": ..., "xx-yy": ...}``,
+    plus the :data:`~nmt.eval.resource.RESOURCE_GROUPS` when ``resource`` maps each direction to one.
 
     ``per_direction`` maps ``src-tgt`` to a score dict (or None: direction skipped). Only the
     metrics of :data:`METRICS` present in every scored direction are averaged.
     """
     scored = {d: s for d, s in per_direction.items() if s is not None}
     out: dict[str, dict | None] = {}
-    for group in GROUPS:
-        members = [s for d, s in scored.items() if group == "all" or _group_of(d) == group]
+    for group in list(GROUPS) + (list(RESOURCE_GROUPS) if resource is not None else []):
+        members = [s for d, s in scored.items() if _in_group(d, group, resource)]
         if not members:
             out[group] = None
             continue
@@ -56,20 +73,25 @@ def averages(per_direction: dict[str, dict | None]) -> dict[str, dict | None]:
     return out
 
 
-def build_results(directions: dict[str, dict], signatures: dict, extra: dict | None = None) -> dict:
+def build_results(directions: dict[str, dict], signatures: dict, extra: dict | None = None,
+                  resource: dict | None = None) -> dict:
     """Assemble the ``results.json`` object (see the module docstring).
 
-    Baseline averages are added for every key of :data:`BASELINES` found in a direction entry.
+    Baseline averages are added for every key of :data:`BASELINES` found in a direction entry;
+    ``resource`` (:func:`nmt.eval.resource.resource_info`) adds the resource-group averages.
     """
     model = {d: {m: s[m] for m in METRICS if m in s} for d, s in directions.items()}
+    groups = None if resource is None else resource["groups"]
     results: dict = {
         "signatures": signatures,
         "directions": directions,
-        "averages": averages(model),
+        "averages": averages(model, groups),
     }
+    if resource is not None:
+        results["resource"] = resource
     for key in BASELINES:
         if any(key in s for s in directions.values()):
-            results[key] = averages({d: s.get(key) for d, s in directions.items()})
+            results[key] = averages({d: s.get(key) for d, s in directions.items()}, groups)
     for key, value in (extra or {}).items():
         if key in results:
             raise ValueError(f"extra key {key!r} clashes with a results.json key")
@@ -101,16 +123,18 @@ def format_table(results: dict) -> str:
         f"{METRIC_LABELS[m]} ({label})" for label, _ in systems for m in metrics
     ]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    resource = results["resource"]["groups"] if "resource" in results else None
     for d, s in results["directions"].items():
-        cells = [d, _group_of(d), str(s.get("n", ""))]
+        group = _group_of(d) if resource is None else f"{_group_of(d)}, {resource.get(d, '?')}"
+        cells = [d, group, str(s.get("n", ""))]
         for _, key in systems:
             entry = s if key is None else s.get(key)
             cells += [_fmt(None if entry is None else entry.get(m)) for m in metrics]
         rows.append("| " + " | ".join(cells) + " |")
-    for group in GROUPS:
+    for group in _groups(results):
         if results["averages"].get(group) is None:
             continue
-        n_dirs = sum(1 for d in results["directions"] if group == "all" or _group_of(d) == group)
+        n_dirs = sum(1 for d in results["directions"] if _in_group(d, group, resource))
         cells = [f"**average {group}**", group, f"{n_dirs} dir."]
         for _, key in systems:
             avg = results["averages"] if key is None else results[key]
@@ -142,6 +166,11 @@ def format_markdown(results: dict) -> str:
     notes = results.get("notes", [])
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))
+    if "resource" in results:
+        r = results["resource"]
+        parts.append(f"Resource groups by training pairs of each direction's pair in {r['corpus']}: "
+                     f"low < {r['thresholds']['low']:,}, very low < {r['thresholds']['very_low']:,} "
+                     "(NLLB's definitions); zero-shot: no training pair.")
     parts.append(format_table(results))
     return "\n\n".join(parts)
 
@@ -172,7 +201,7 @@ def chart_png(results: dict) -> bytes:
             values.append([0.0 if e is None else float(e["chrf++"]) for e in entries])
         title = "chrF++ per direction"
     else:
-        labels = [g for g in GROUPS if results["averages"].get(g) is not None]
+        labels = [g for g in _groups(results) if results["averages"].get(g) is not None]
         values = []
         for _, key in systems:
             avg = results["averages"] if key is None else results[key]

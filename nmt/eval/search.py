@@ -3,7 +3,8 @@
 Decoder prefix is ``</s> __tgt__``; hypotheses are scored by the sum of token log-probabilities
 divided by ``length ** lenpen`` where ``length`` counts generated tokens including ``</s>``
 (fairseq's normalisation, except that the forced tag is neither counted nor scored: fairseq
-decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence stops once ``beam`` hypotheses have finished, or at
+decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence
+stops once ``beam`` hypotheses have finished, or at
 ``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced; finished
 sentences leave the batch (their rows of the encoder output and caches are dropped).
 """
@@ -44,7 +45,8 @@ def beam_search(
     def rep(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.repeat_interleave(k, 0)
 
-    memory, mask, src_lang_r, tgt_lang_r = rep(memory), rep(mask), rep(src_lang), rep(tgt_lang)
+    memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    src_lang_r, tgt_lang_r = rep(src_lang), rep(tgt_lang)
     cache = model.new_cache()
     prefix = torch.stack([torch.full_like(tgt_tags, eos), tgt_tags], dim=1).repeat_interleave(k, 0)
     logits = model.decode(prefix, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=0)[:, -1]
@@ -86,24 +88,23 @@ def beam_search(
         rank = torch.arange(2 * k, device=device).expand(n, -1) + is_eos.long() * 2 * k
         keep = rank.topk(k, dim=1, largest=False).indices
         scores = top_scores.gather(1, keep)
-        src_beam = beam_idx.gather(1, keep) + (torch.arange(n, device=device) * k)[:, None]
+        beam_sel = beam_idx.gather(1, keep)  # [n, k]: beam of the same sentence each row continues
         new_tok = tokens.gather(1, keep)
         if len(alive) < n:  # drop finished sentences from the batch
             a = torch.tensor(alive, device=device)
             rows = (a[:, None] * k + beam_offsets).view(-1)
-            scores, src_beam, new_tok, max_len = scores[a], src_beam[a], new_tok[a], max_len[a]
+            scores, beam_sel, new_tok, max_len = scores[a], beam_sel[a], new_tok[a], max_len[a]
             memory, mask = memory.index_select(0, rows), mask.index_select(0, rows)
             src_lang_r = None if src_lang_r is None else src_lang_r.index_select(0, rows)
             tgt_lang_r = None if tgt_lang_r is None else tgt_lang_r.index_select(0, rows)
-            for layer in cache:
-                for key in ("k", "v"):
-                    layer["cross"][key] = layer["cross"][key].index_select(0, rows)
+            history = history.index_select(0, rows)
+            cache.reorder(rows)
             sentence = [sentence[b] for b in alive]
-        src_beam, new_tok = src_beam.view(-1), new_tok.view(-1, 1)
-        history = torch.cat([history.index_select(0, src_beam), new_tok], dim=1)
-        for layer in cache:
-            layer["self"]["k"] = layer["self"]["k"].index_select(0, src_beam)
-            layer["self"]["v"] = layer["self"]["v"].index_select(0, src_beam)
+            n = len(alive)
+        src_beam = (beam_sel + (torch.arange(n, device=device) * k)[:, None]).view(-1)
+        history = torch.cat([history.index_select(0, src_beam), new_tok.view(-1, 1)], dim=1)
+        cache.reorder(src_beam, cross=False)  # within sentences: the cross-attention rows are equal
+        new_tok = new_tok.view(-1, 1)
         logits = model.decode(new_tok, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=step + 2)[:, -1]
 
     # Every sentence ends with k hypotheses: </s> is forced at its max_len.

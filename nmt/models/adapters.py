@@ -22,6 +22,7 @@ Both apply a bottleneck adapter to the output of every encoder and decoder layer
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,14 +61,25 @@ def _slots(table: Tensor, key_by: str, ctx: BatchContext) -> Tensor:
     return slots
 
 
+class AdapterParams(NamedTuple):
+    """One generated bottleneck adapter (for the batch's single direction), as :func:`bottleneck` takes it."""
+
+    w_down: Tensor  # [d_model, size]
+    b_down: Tensor  # [size]
+    w_up: Tensor  # [size, d_model]
+    b_up: Tensor  # [d_model]
+    ln_scale: Tensor | None  # [d_model]: the adapter LayerNorm's γ = 1 + γ̂ (None: not generated, γ = 1)
+    ln_shift: Tensor | None  # [d_model]: its β (None: not generated, β = 0)
+
+
 def bottleneck(x: Tensor, w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Tensor,
-               ln_w: Tensor | None = None, ln_b: Tensor | None = None) -> Tensor:
+               ln_scale: Tensor | None = None, ln_shift: Tensor | None = None) -> Tensor:
     """``x + up(relu(down(LN(x))))`` with per-row parameters (leading dim B) or shared ones."""
     h = F.layer_norm(x, x.shape[-1:])
-    if ln_w is not None:
-        h = h * (ln_w if ln_w.dim() == 1 else ln_w[:, None, :])
-    if ln_b is not None:
-        h = h + (ln_b if ln_b.dim() == 1 else ln_b[:, None, :])
+    if ln_scale is not None:
+        h = h * (ln_scale if ln_scale.dim() == 1 else ln_scale[:, None, :])
+    if ln_shift is not None:
+        h = h + (ln_shift if ln_shift.dim() == 1 else ln_shift[:, None, :])
     if w_down.dim() == 2:
         return x + F.linear(F.relu(F.linear(h, w_down.t(), b_down)), w_up.t(), b_up)
     z = F.relu(torch.bmm(h, w_down) + b_down[:, None, :])
@@ -76,6 +88,8 @@ def bottleneck(x: Tensor, w_down: Tensor, b_down: Tensor, w_up: Tensor, b_up: Te
 
 class LanguageAdapters(nn.Module):
     """One layer's adapters, one per key."""
+
+    table: Tensor  # buffer: Flores index (or index pair) -> adapter slot
 
     def __init__(self, d_model: int, size: int, keys: list[str], key_by: str, ln_affine: bool = True):
         super().__init__()
@@ -95,13 +109,10 @@ class LanguageAdapters(nn.Module):
 
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         slots = _slots(self.table, self.key_by, ctx)
-        if bool((slots == slots[0]).all()):  # one direction: shared 2-D weights
-            s = int(slots[0])
-            pick = lambda p: None if p is None else p[s]  # noqa: E731
-        else:
-            pick = lambda p: None if p is None else p[slots]  # noqa: E731
-        return bottleneck(x, pick(self.w_down), pick(self.b_down), pick(self.w_up), pick(self.b_up),
-                          pick(self.ln_w), pick(self.ln_b))
+        # one direction: shared 2-D weights; several: per-row 3-D weights
+        at: int | Tensor = int(slots[0]) if bool((slots == slots[0]).all()) else slots
+        return bottleneck(x, self.w_down[at], self.b_down[at], self.w_up[at], self.b_up[at],
+                          None if self.ln_w is None else self.ln_w[at], None if self.ln_b is None else self.ln_b[at])
 
 
 class GeneratedAdapter(nn.Module):
@@ -114,10 +125,26 @@ class GeneratedAdapter(nn.Module):
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         if ctx.generated is None:
             raise ValueError("hyper-adapter layer called without generated adapters")
-        return bottleneck(x, *ctx.generated[self.layer_id])
+        p: AdapterParams = ctx.generated[self.layer_id]
+        return bottleneck(x, p.w_down, p.b_down, p.w_up, p.b_up, p.ln_scale, p.ln_shift)
+
+
+class ResidualMLP(nn.Module):
+    """A pre-LN residual block of the hyper-network: ``h + fc2(relu(fc1(LN(h))))``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.fc2(F.relu(self.fc1(self.ln(h))))
 
 
 class HyperNetwork(nn.Module):
+    table: Tensor  # buffer: Flores index -> language embedding row
+
     def __init__(self, d_model: int, size: int, languages: list[str], n_layers: int, *, hidden: int = 128,
                  embed_dim: int = 64, blocks: int = 2, dropout: float = 0.0,
                  encoder_inputs: tuple[str, ...] = ("src", "tgt", "layer"),
@@ -134,15 +161,14 @@ class HyperNetwork(nn.Module):
         self.masks = {"encoder": [n in encoder_inputs for n in ("src", "tgt", "layer")],
                       "decoder": [n in decoder_inputs for n in ("src", "tgt", "layer")]}
         self.input = nn.Linear(3 * embed_dim, hidden)
-        self.blocks = nn.ModuleList(
-            nn.ModuleDict({"ln": nn.LayerNorm(hidden), "fc1": nn.Linear(hidden, hidden), "fc2": nn.Linear(hidden, hidden)})
-            for _ in range(blocks))
+        self.blocks = nn.ModuleList(ResidualMLP(hidden) for _ in range(blocks))
         shapes = {"w_down": d_model * size, "b_down": size, "w_up": size * d_model, "b_up": d_model}
         if generate_ln:
             shapes.update({"ln_w": d_model, "ln_b": d_model})
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in shapes.items()})
 
-    def forward(self, src_lang: Tensor, tgt_lang: Tensor, layer_ids: list[int], side: str) -> dict[int, tuple]:
+    def forward(self, src_lang: Tensor | None, tgt_lang: Tensor | None, layer_ids: list[int],
+                side: str) -> dict[int, AdapterParams]:
         """Adapters for ``layer_ids`` of ``side`` for the batch's (single) direction."""
         if src_lang is None or tgt_lang is None:
             raise ValueError("hyper-adapters need the batch's src_lang and tgt_lang")
@@ -154,16 +180,18 @@ class HyperNetwork(nn.Module):
         n = len(layer_ids)
         ids = torch.tensor(layer_ids, device=src_lang.device)
         parts = [self.src_embed(s).expand(n, -1), self.tgt_embed(t).expand(n, -1), self.layer_embed(ids)]
-        z = torch.cat([p if on else torch.zeros_like(p) for p, on in zip(parts, self.masks[side])], dim=-1)
+        on = self.masks[side]
+        z = torch.cat([p if on[i] else torch.zeros_like(p) for i, p in enumerate(parts)], dim=-1)
         h = F.dropout(F.relu(self.input(z)), p=self.dropout, training=self.training)
-        for b in self.blocks:
-            h = h + b["fc2"](F.relu(b["fc1"](b["ln"](h))))
+        for block in self.blocks:
+            h = block(h)
         scale = 1.0 / math.sqrt(self.hidden) if self.rescale else 1.0
         out = {name: head(h) * scale for name, head in self.heads.items()}
         gen = {}
         for j, lid in enumerate(layer_ids):
-            ln_w = 1.0 + out["ln_w"][j] if "ln_w" in out else None
-            ln_b = out["ln_b"][j] if "ln_b" in out else None
-            gen[lid] = (out["w_down"][j].view(self.d, self.size), out["b_down"][j],
-                        out["w_up"][j].view(self.size, self.d), out["b_up"][j], ln_w, ln_b)
+            gen[lid] = AdapterParams(
+                w_down=out["w_down"][j].view(self.d, self.size), b_down=out["b_down"][j],
+                w_up=out["w_up"][j].view(self.size, self.d), b_up=out["b_up"][j],
+                ln_scale=1.0 + out["ln_w"][j] if "ln_w" in out else None,
+                ln_shift=out["ln_b"][j] if "ln_b" in out else None)
         return gen

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.models.kv_cache import LayerKV
+
 
 class MultiheadAttention(nn.Module):
     """Self- or cross-attention.
@@ -45,24 +47,24 @@ class MultiheadAttention(nn.Module):
         x: Tensor,
         memory: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: dict[str, Tensor] | None = None,
+        cache: LayerKV | None = None,
     ) -> Tensor:
+        """``cache`` (incremental decoding): self-attention appends the new positions' keys and
+        values to it and attends over all of them; cross-attention projects ``memory`` on the
+        first call and reads the cached keys/values after."""
         if self.cross:
             q = self._split(self.q_proj(x))
-            if cache is not None and "k" in cache:
-                k, v = cache["k"], cache["v"]
+            if cache is not None and cache.cross_kv is not None:
+                k, v = cache.cross_kv
             else:
-                assert memory is not None
+                assert memory is not None, "cross-attention needs the encoder output on its first call"
                 k, v = self.project_kv(memory)
                 if cache is not None:
-                    cache["k"], cache["v"] = k, v
+                    cache.cross_kv = (k, v)
         else:
             q, k, v = (self._split(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
             if cache is not None:
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+                k, v = cache.append_self(k, v)
         p = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
             if mask is not None and mask.dtype != q.dtype:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from nmt.config import ModelConfig
 from nmt.models.attention import MultiheadAttention
 from nmt.models.ffn import BatchContext, DenseFFN
+from nmt.models.kv_cache import KVCache, LayerKV
 
 PAD = 0
 
@@ -69,12 +70,11 @@ class DecoderLayer(nn.Module):
         self_mask: Tensor | None,
         memory_mask: Tensor | None,
         ctx: BatchContext,
-        cache: dict[str, dict[str, Tensor]] | None = None,
+        cache: LayerKV | None = None,
     ) -> Tensor:
-        h = self.self_attn(self.self_attn_ln(x), mask=self_mask, cache=None if cache is None else cache["self"])
+        h = self.self_attn(self.self_attn_ln(x), mask=self_mask, cache=cache)
         x = x + F.dropout(h, p=self.dropout, training=self.training)
-        h = self.cross_attn(self.cross_attn_ln(x), memory=memory, mask=memory_mask,
-                            cache=None if cache is None else cache["cross"])
+        h = self.cross_attn(self.cross_attn_ln(x), memory=memory, mask=memory_mask, cache=cache)
         x = x + F.dropout(h, p=self.dropout, training=self.training)
         h = self.ffn(self.ffn_ln(x), ctx)
         x = x + F.dropout(h, p=self.dropout, training=self.training)
@@ -95,6 +95,8 @@ class Transformer(nn.Module):
     """Encoder-decoder; ``ffn_factory(side, layer)`` fills each layer's feed-forward slot,
     ``adapter_factory(side, layer)`` its output adapter (or None); ``hypernet`` (a
     :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
+
+    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2, D]
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
                  adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
@@ -124,10 +126,11 @@ class Transformer(nn.Module):
         if adapter_factory is not None:  # after _init_linear: adapters initialise themselves
             for side, layers in (("encoder", self.encoder_layers), ("decoder", self.decoder_layers)):
                 for i, layer in enumerate(layers):
+                    assert isinstance(layer, (EncoderLayer, DecoderLayer))
                     layer.adapter = adapter_factory(side, i)
 
     def _init_linear(self) -> None:
-        for name, mod in self.named_modules():
+        for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.xavier_uniform_(mod.weight)
                 if mod.bias is not None:
@@ -158,7 +161,7 @@ class Transformer(nn.Module):
         memory_mask: Tensor,
         src_lang: Tensor | None = None,
         tgt_lang: Tensor | None = None,
-        cache: list[dict[str, dict[str, Tensor]]] | None = None,
+        cache: KVCache | None = None,
         offset: int = 0,
         aux: dict[str, Tensor] | None = None,
         output_mask: Tensor | None = None,
@@ -182,8 +185,9 @@ class Transformer(nn.Module):
             x = x[output_mask]
         return F.linear(x, self.embed.weight)
 
-    def new_cache(self) -> list[dict[str, dict[str, Tensor]]]:
-        return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
+    def new_cache(self) -> KVCache:
+        """An empty cache for :meth:`decode`, one entry per decoder layer."""
+        return KVCache(len(self.decoder_layers))
 
     def forward(self, src_tokens: Tensor, prev_tokens: Tensor, src_lang: Tensor | None = None,
                 tgt_lang: Tensor | None = None, output_mask: Tensor | None = None

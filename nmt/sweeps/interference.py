@@ -99,7 +99,8 @@ def read_sweep(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[s
         results.append(record)
     for combo in _expected(sweep_dir):
         if combo not in seen:
-            problems.append({"run": "-", "overrides": " ".join(sorted(combo)), "problem": "never ran (no run directory)"})
+            problems.append({"run": "-", "overrides": " ".join(sorted(combo)),
+                             "problem": "never ran (no run directory)"})
     if not results and not problems:
         raise UserError(f"{sweep_dir} holds no interference runs (no */.hydra/overrides.yaml); pass a sweep "
                         f"directory such as multirun/interference/<time>")
@@ -167,7 +168,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cells.append({
             "model": model, "parameters": rs[0]["parameters"], "temperature": temp, "focus": focus,
             "focus_size": size, "seeds": len(rs), "focus_share": _mean_std([r["focus_share"] for r in rs])[0],
-            "loss_bi": _mean_std([r["loss_bi"] for r in rs])[0], "loss_multi": _mean_std([r["loss_multi"] for r in rs])[0],
+            "loss_bi": _mean_std([r["loss_bi"] for r in rs])[0],
+            "loss_multi": _mean_std([r["loss_multi"] for r in rs])[0],
             "interference": i_mean, "interference_std": i_std, "chrf_diff": c_mean, "chrf_diff_std": c_std,
         })
     cells.sort(key=lambda x: (x["focus"], x["focus_size"], x["parameters"], _t_key(x["temperature"])))
@@ -205,7 +207,8 @@ def markdown(cells: list[dict[str, Any]], problems: list[dict[str, str]], split:
         lines.append(
             f"| {c['model']} | {_params(c['parameters'])} | {c['temperature']} | {c['focus']} | "
             f"{c['focus_size'] or 'all'} | {c['seeds']} | {share} | {c['loss_bi']:.3f} | {c['loss_multi']:.3f} | "
-            f"{_pm(c['interference'], c['interference_std'], 2, 100.0)} | {_pm(c['chrf_diff'], c['chrf_diff_std'], 2)} |")
+            f"{_pm(c['interference'], c['interference_std'], 2, 100.0)} | "
+            f"{_pm(c['chrf_diff'], c['chrf_diff_std'], 2)} |")
     lines += ["", f"Missing or failed runs (not averaged): {len(problems) or 'none'}"]
     if problems:
         lines += ["", "| run | overrides | problem |", "|---|---|---|"]
@@ -222,7 +225,7 @@ def _plots(rows: list[dict[str, Any]], cells: list[dict[str, Any]], out: Path) -
     paths = []
     panels = sorted({(c["focus"], c["focus_size"]) for c in cells})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (focus, size) in zip(axes[0], panels):
+    for ax, (focus, size) in zip(axes[0], panels, strict=True):
         mine = [c for c in cells if (c["focus"], c["focus_size"]) == (focus, size)]
         for temp in sorted({c["temperature"] for c in mine}, key=_t_key):
             pts = sorted((c for c in mine if c["temperature"] == temp), key=lambda c: c["parameters"])
@@ -243,10 +246,10 @@ def _plots(rows: list[dict[str, Any]], cells: list[dict[str, Any]], out: Path) -
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    markers = dict(zip(sorted({r["model"] for r in rows}, key=lambda m: min(x["parameters"] for x in rows
-                                                                            if x["model"] == m)), "osD^v<>"))
+    models = sorted({r["model"] for r in rows}, key=lambda m: min(x["parameters"] for x in rows if x["model"] == m))
+    markers = dict(zip(models, "osD^v<>", strict=False))
     temps = sorted({r["temperature"] for r in rows}, key=_t_key)
-    colors = dict(zip(temps, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors = dict(zip(temps, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for r in rows:
         if r["focus_share"] is not None:
             ax.scatter(r["focus_share"], 100 * r["interference"], marker=markers[r["model"]],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+from nmt.data.parallel import Batch
 
 PAD = 0
 
@@ -78,3 +80,16 @@ def label_smoothed_nll(
     else:
         nll_dir = tok_dir = torch.zeros(0)
     return LossOutput(loss, nll.detach().sum(), int(keep.sum()), nll_dir, tok_dir)
+
+
+def with_target_tag(batch: Batch) -> Batch:
+    """``batch`` with the forced target-language tag counted in the loss (``trainer.loss_include_tag``).
+
+    fairseq counts the tag unless ``--ignore-prefix-size 1``; this framework does not by default
+    (``collate`` leaves target position 0 as pad). Here position 0 becomes the tag that
+    ``prev_output_tokens[:, 1]`` feeds (predicted from ``</s>``), and ``n_tgt_tokens`` counts it,
+    so the summed loss gains exactly each sentence's tag-position token loss.
+    """
+    target = batch.target.clone()
+    target[:, 0] = batch.prev_output_tokens[:, 1]
+    return replace(batch, target=target, n_tgt_tokens=batch.n_tgt_tokens + len(batch))

@@ -12,7 +12,7 @@ from typing import Any
 from nmt.config import Config
 from nmt.curriculum import check_stages, stage_at
 from nmt.data.loader import ParallelData, TrainLoader
-from nmt.data.sampling import direction_probs
+from nmt.data.sampling import probs_for_run
 from nmt.errors import UserError
 from nmt.langs import parse_direction
 from nmt.training.train_state import TrainState
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class TrainData:
     def __init__(self, cfg: Config, corpus: Path, directions: list[str], valid_directions: list[str],
                  rank: int = 0, world: int = 1) -> None:
-        self.cfg, self.directions, self.valid_directions = cfg, directions, valid_directions
+        self.cfg, self.directions, self.valid_directions, self.world = cfg, directions, valid_directions, world
         max_pos = cfg.model.max_positions
         self.train = ParallelData.open(corpus, "train", directions, max_source_positions=max_pos,
                                        max_target_positions=max_pos, subsample=dict(cfg.data.subsample),
@@ -31,8 +31,9 @@ class TrainData:
         self.stages = check_stages(cfg.curriculum.stages, directions)
         self.probs = self.probs_for(self.stages[0][1] if self.stages else directions)
         d = cfg.data
-        self.loader = TrainLoader(self.train, self.probs, max_tokens=d.max_tokens, max_sentences=d.max_sentences or None,
-                                  seed=cfg.trainer.seed, one_direction_per_batch=d.one_direction_per_batch,
+        self.loader = TrainLoader(self.train, self.probs, max_tokens=d.max_tokens,
+                                  max_sentences=d.max_sentences or None, seed=cfg.trainer.seed,
+                                  one_direction_per_batch=d.one_direction_per_batch,
                                   epoch_size=d.epoch_size or None, rank=rank, world_size=world)
         self.valid = (ParallelData.open(corpus, "valid", valid_directions, max_source_positions=max_pos,
                                         max_target_positions=max_pos) if valid_directions else None)
@@ -42,11 +43,9 @@ class TrainData:
 
     def probs_for(self, directions: list[str]) -> dict[str, float]:
         """Sampling probabilities over ``directions`` (a curriculum stage, or all of them)."""
-        sp = self.cfg.sampling
         sizes = {d: n for d, n in self.train.sizes().items() if d in directions}
-        weights = {k: v for k, v in sp.weights.items() if "-".join(parse_direction(k)) in sizes}
-        return direction_probs(sizes, sp.method, sp.temperature, weights, sp.unimax_budget or None,
-                               sp.unimax_max_epochs)
+        weights = {k: v for k, v in self.cfg.sampling.weights.items() if "-".join(parse_direction(k)) in sizes}
+        return probs_for_run(self.cfg, sizes, weights, self.train, self.world)
 
     def follow_curriculum(self, state: TrainState) -> None:
         """Enter the curriculum stage of ``state.step`` if it is not the current one."""

@@ -33,7 +33,7 @@ from nmt.models.transformer import PAD, count_parameters
 from nmt.training import distributed, preemption
 from nmt.training.checkpoint import load_checkpoint
 from nmt.training.checkpoint_manager import CheckpointManager
-from nmt.training.loss import label_smoothed_nll
+from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.metrics_log import RunLogger
 from nmt.training.optim import build_optimizer, scheduled_lr
 from nmt.training.parallel import (
@@ -92,7 +92,8 @@ class Trainer:
         self.main = self.rank == 0
         if device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        if self.world > 1 and t.parallel == "fsdp" and self.cfg.model.moe.experts and self.cfg.model.moe.impl == "fairscale":
+        moe = self.cfg.model.moe
+        if self.world > 1 and t.parallel == "fsdp" and moe.experts and moe.impl == "fairscale":
             raise UserError("config key model.moe.impl=fairscale is a single-process reference backend; with "
                             "trainer.parallel=fsdp use model.moe.impl=native")
         self.sharded = t.checkpoint_format == "dcp" or (t.checkpoint_format == "auto" and self.world > 1)
@@ -215,12 +216,13 @@ class Trainer:
     def _forward(self, batch: Any, n_directions: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         """The one model call: a batch's logits, loss and aux statistics."""
         b = batch.to(self.device)
+        b = with_target_tag(b) if self.cfg.trainer.loss_include_tag else b
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
-        AuxLossThroughOutput.scale = float(batch.target.ne(PAD).sum())  # d(objective)/d(aux loss), for backward
         with self.autocast:
             logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
         direction = b.direction[:, None].expand_as(b.target)[counted]
         out = label_smoothed_nll(logits, b.target[counted], self.cfg.optim.label_smoothing, direction, n_directions)
+        AuxLossThroughOutput.scale = float(out.ntokens)  # d(objective)/d(aux loss), for the backward to come
         return out.loss, out, aux
 
     def _backward(self, batch: Any) -> tuple[Any, dict[str, Any], float]:

@@ -39,7 +39,7 @@ for x in batches:
 for p in ref.parameters():
     dist.all_reduce(p.grad)
     p.grad /= dist.get_world_size()
-for p, q in zip(model.parameters(), ref.parameters()):
+for p, q in zip(model.parameters(), ref.parameters(), strict=True):
     assert torch.allclose(p.grad, q.grad, atol=1e-6), (p.grad - q.grad).abs().max()
 dist.destroy_process_group()
 print("OK")
