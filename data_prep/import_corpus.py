@@ -12,11 +12,12 @@
 Moses/TSV input is cleaned (see data_prep.clean) and written to ``bitext/<split>/``. Flores
 input (Flores-200 or Flores+, any layout of nmt/eval/flores_layout.py; Flores+ codes are mapped
 to Flores-200 codes) is copied verbatim to ``flores/{dev,devtest}/`` in the Flores-200 layout,
-with ``flores/testset.json`` recording the release and version (one release per corpus) and also written as ``valid`` (dev) and
-``test`` (devtest) bitext between ``--pivot`` and every other language; it is not filtered, so
-that it stays line-aligned. Without ``--append`` a new corpus is created (an existing one is
-replaced only with ``--overwrite``); with ``--append`` pairs are added to an existing corpus and
-its manifest is updated (a pair already there is replaced only with ``--overwrite``).
+with ``flores/testset.json`` recording the release and version (one release per corpus), and
+also written as ``valid`` (dev) and ``test`` (devtest) bitext between ``--pivot`` and every
+other language; it is not filtered, so that it stays line-aligned. Without ``--append`` a new
+corpus is created (an existing one is replaced only with ``--overwrite``); with ``--append``
+pairs are added to an existing corpus and its manifest is updated (a pair already there is
+replaced only with ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,22 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from data_prep import clean, readers
-from data_prep.manifest import (LineWriter, MANIFEST, add_input, add_pair, atomic_dir,
-                                load_manifest, new_manifest, pair_name, write_manifest)
+from data_prep.manifest import (
+    MANIFEST,
+    LineWriter,
+    add_input,
+    add_pair,
+    atomic_dir,
+    load_manifest,
+    new_manifest,
+    pair_name,
+    write_manifest,
+)
 from nmt.errors import UserError, exit_on_user_error
 from nmt.eval import flores
 from nmt.eval.flores_layout import FLORES200, TESTSET_FILE, Layout, check_comparable
@@ -43,7 +54,7 @@ FLORES_TO_SPLIT = {"dev": "valid", "devtest": "test"}
 class ArgParser(argparse.ArgumentParser):
     """argparse whose mistakes become one-line UserErrors (exit code 2, no usage dump)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
@@ -216,9 +227,9 @@ def list_rows(args: argparse.Namespace, fsplit: str, langs: list[str]) -> list[t
         return list(readers.read_flores(args.flores_dir, fsplit, langs, skip_invalid=args.skip_invalid_utf8))
     if lay.kind in ("jsonl", "parquet"):
         columns = flores.read_languages(args.flores_dir, fsplit, langs)
-        return list(zip(*(columns[c] for c in langs)))
+        return list(zip(*(columns[c] for c in langs), strict=True))  # aligned: read_languages checks
     paths = [Path(args.flores_dir) / fsplit / lay.file_name(fsplit, c) for c in langs]
-    for code, path in zip(langs, paths):
+    for code, path in zip(langs, paths, strict=True):
         if not path.is_file():
             flores.read_language(args.flores_dir, fsplit, code)  # the UserError naming path and layout
     return list(readers.read_aligned(paths, skip_invalid=args.skip_invalid_utf8))
@@ -233,7 +244,7 @@ def source_layout(args: argparse.Namespace, fsplit: str) -> Layout:
 
 
 def check_free(args: argparse.Namespace, manifest: dict, pairs: list[str],
-               flores: list[str] = ()) -> None:
+               flores: Sequence[str] = ()) -> None:
     """With --append, refuse to replace pairs / Flores files that exist unless --overwrite."""
     if not args.append or args.overwrite:
         return

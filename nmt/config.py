@@ -17,7 +17,7 @@ from nmt.errors import UserError
 
 @dataclass
 class MoEConfig:
-    """Mixture-of-Experts feed-forward layers (GShard/NLLB semantics, see nmt/models/moe.py)."""
+    """Mixture-of-Experts feed-forward layers (GShard/NLLB semantics, see nmt/models/moe/)."""
 
     experts: int = 0  # 0: a dense model
     top_k: int = 2  # 1 | 2
@@ -25,7 +25,8 @@ class MoEConfig:
     encoder_freq: int = 0  # encoder layer i is MoE when (i+1) % encoder_freq == 0; 0: none
     decoder_freq: int = 0  # same for the decoder
     second_expert_policy: str = "all"  # all (NLLB) | sampling (Gumbel noise) | random (keep if 2*g2 > U)
-    capacity_factor: float = 1.0  # C = ceil(capacity_factor * top_k * tokens / experts)
+    capacity_factor: float = 1.0  # cf in the capacity rule
+    capacity_rule: str = "exact"  # exact: ceil(cf*k*real_tokens/E) | fairseq: int(cf*k*ceil(S/E)), S with padding
     dropless: bool = False  # no capacity: every assignment is computed
     eval_capacity_token_fraction: float = 1.0  # eval C = ceil(fraction * tokens); <= 0: training rule
     batch_prioritized: bool = False  # fill slots by router confidence instead of token order
@@ -39,6 +40,7 @@ class MoEConfig:
     cmr_gate_dropout: float = 0.0
     cmr_budget: float = 0.8  # target share p of tokens sent to the MoE branch
     cmr_loss_weight: float = 0.1
+    cmr_budget_loss: str = "global"  # global: w*|sum used / sum total - p| over all CMR layers (fairseq) | per_layer
     impl: str = "native"  # native | fairscale (reference backend, optional extra)
 
 
@@ -79,8 +81,28 @@ class ModelConfig:
     max_positions: int = 512
     scale_embedding: bool = True
     attention: str = "auto"  # auto (= sdpa) | sdpa | math
+    # Row of the sinusoidal table that position 0 uses. 2 = fairseq/M2M100 (positions start at
+    # padding_idx + 1 in fairseq's layout), so new models export exactly to Transformers; a saved
+    # config without this key (written before it existed) means 0: see saved_model_config.
+    position_offset: int = 2
+    # Encoder input: "tag_first" = [src_tag] x </s> (NLLB paper, Transformers since 2023) |
+    # "legacy" = x </s> [src_tag] (Transformers' legacy_behaviour=True); set by nmt.import_hf.
+    source_convention: str = "tag_first"
     moe: MoEConfig = field(default_factory=MoEConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
+
+
+LEGACY_POSITION_OFFSET = 0  # what a saved model config without position_offset was trained with
+
+
+def saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
+    """A model config dict read from a checkpoint/export, with the keys that configs written before
+    they existed lack filled with the behaviour those models were trained with. Hydra's defaults
+    are for new runs; they must not change what an old checkpoint computes."""
+    out = dict(model)
+    out.setdefault("position_offset", LEGACY_POSITION_OFFSET)  # positions started at table row 0
+    out.setdefault("source_convention", "tag_first")
+    return out
 
 
 @dataclass
@@ -247,6 +269,10 @@ def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
     for key in ("eom", "fom", "cmr_gate_dropout"):
         _check(0 <= getattr(x, key) < 1, f"model.moe.{key}", getattr(x, key), "use a rate in [0, 1)")
     _check(0 <= x.cmr_budget <= 1, "model.moe.cmr_budget", x.cmr_budget, "use a share in [0, 1]")
+    _check(x.cmr_budget_loss in ("global", "per_layer"), "model.moe.cmr_budget_loss", x.cmr_budget_loss,
+           "use global (one term over all CMR layers, as fairseq) or per_layer")
+    _check(x.capacity_rule in ("exact", "fairseq"), "model.moe.capacity_rule", x.capacity_rule,
+           "use exact (ceil(cf*k*real_tokens/E)) or fairseq (int(cf*k*ceil(batch_tokens/E)), padding counted)")
     _check(x.impl in ("native", "fairscale"), "model.moe.impl", x.impl, "use native or fairscale")
     if x.impl == "fairscale":
         _check(x.top_k == 2 and x.second_expert_policy == "sampling" and not x.dropless and x.eom == 0
@@ -269,6 +295,10 @@ def validate(cfg: Config) -> None:
         _check(0.0 <= v < 1.0, f"model.{key}", v, "use a value in [0, 1)")
     _check(m.activation in ("relu", "gelu"), "model.activation", m.activation, "use relu or gelu")
     _check(m.attention in ("auto", "sdpa", "math"), "model.attention", m.attention, "use auto, sdpa or math")
+    _check(m.position_offset >= 0, "model.position_offset", m.position_offset,
+           "use 2 (fairseq/M2M100, exports to Transformers) or 0 (models trained before it existed)")
+    _check(m.source_convention == "tag_first", "model.source_convention", m.source_convention,
+           "training builds [src_lang] x </s> batches (tag_first); legacy is for inference of imported models")
     validate_moe(m.moe, m)
     validate_adapters(m.adapters)
 

@@ -73,7 +73,7 @@ def _split_by_gaps(entries: list[int], n_groups: int) -> list[list[int]]:
         return [entries]
     gaps = sorted(range(1, len(entries)), key=lambda i: (-(entries[i] - entries[i - 1]), i))
     cuts = sorted(gaps[: n_groups - 1])
-    return [entries[a:b] for a, b in zip([0, *cuts], [*cuts, len(entries)])]
+    return [entries[a:b] for a, b in zip([0, *cuts], [*cuts, len(entries)], strict=True)]
 
 
 def plan_stages(best_step: dict[str, int], total_steps: int, n_stages: int) -> list[StageConfig]:
@@ -122,7 +122,8 @@ def entry_table(best_step: dict[str, int], total_steps: int, stages: list[StageC
     for d in sorted(best_step, key=lambda x: (planned[x], x)):
         ideal = max(0, total_steps - best_step[d])
         late = planned[d] - ideal
-        lines.append(f"# {d:<24} {best_step[d]:>8} {ideal:>8} {planned[d]:>8}" + (f"  (late by {late})" if late else ""))
+        note = f"  (late by {late})" if late else ""
+        lines.append(f"# {d:<24} {best_step[d]:>8} {ideal:>8} {planned[d]:>8}{note}")
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,10 @@ Keys:
   resource.low=1000000 resource.very_low=100000   group thresholds (NLLB's), in training pairs
   max_lines=N                 score only the first N lines of every direction (quick checks)
   overwrite=false             replace existing results / hypothesis files
+  allow_untrained_lang=false  ckpt mode: translate from/into languages the model was not trained on
+                              (a warning) instead of refusing them
+  reference_results=PATH      results.json of an earlier evaluation of the reference model (same
+                              split and lines): adds the per-direction change (forgetting) table
 
 Writes ``results.json``, ``results.md`` and ``chrf.png`` to out_dir (see nmt.eval.report) and
 prints the sacrebleu signatures and the table.
@@ -51,6 +55,7 @@ from nmt.fileio import atomic_write
 from nmt.eval import flores
 from nmt.eval.baselines import RetrievalBaseline, copy_baseline
 from nmt.eval.flores import read_text_lines
+from nmt.eval.forgetting import check_comparable, compare, load_reference
 from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
 from nmt.eval.resource import LOW, VERY_LOW, check_thresholds, resource_info
@@ -95,6 +100,8 @@ class EvalConfig:
     resource: ResourceConfig = field(default_factory=ResourceConfig)
     max_lines: Optional[int] = None
     overwrite: bool = False
+    allow_untrained_lang: bool = False
+    reference_results: Optional[str] = None
 
     def validate(self) -> None:
         if (self.ckpt is None) == (self.hyp_dir is None):
@@ -225,6 +232,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     full = flores.read_languages(cfg.flores.dir, cfg.split, needed)
     full_len = len(next(iter(full.values())))
     refs = {c: v[: cfg.max_lines] if cfg.max_lines else v for c, v in full.items()}
+    reference = load_reference(cfg.reference_results) if cfg.reference_results else None
+    if reference is not None:
+        check_comparable(reference, cfg.split, {f"{s}-{t}": len(refs[t]) for s, t in dirs})
     scorer = Scorer(cfg.spm_flores200)
     retrieval = RetrievalBaseline(cfg.baselines.corpus) if cfg.baselines.corpus else None
 
@@ -241,6 +251,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 raise UserError(f"{p} already exists; choose another out_dir or pass overwrite=true")
         hyps_by_dir = {}
         translator = _translator(cfg)
+        translator.check_languages(dirs, allow_untrained=cfg.allow_untrained_lang)
         hyp_out.mkdir(parents=True, exist_ok=True)
 
     directions: dict[str, dict] = {f"{s}-{t}": {} for s, t in dirs}  # keeps the requested order
@@ -291,6 +302,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         "testset": testset,
         "notes": notes,
     }
+    if translator is not None and translator.languages is not None:
+        extra["model_languages"] = translator.languages
     if cfg.ckpt:
         extra["decoding"] = {"beam": cfg.beam, "lenpen": cfg.lenpen, "max_len_a": cfg.max_len_a,
                              "max_len_b": cfg.max_len_b}
@@ -299,6 +312,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.baselines.corpus:
         extra["baselines_corpus"] = str(cfg.baselines.corpus)
     results = build_results(directions, scorer.signatures, extra, resource)
+    if reference is not None:
+        results["forgetting"] = compare(results, reference)
     paths = write_report(out_dir, results, overwrite=cfg.overwrite)
     print_table(results)
     print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)

@@ -1,4 +1,7 @@
-"""``python -m nmt.export CKPT OUT_DIR [--overwrite]``: a training checkpoint → an inference export.
+"""``python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]``: a checkpoint → an export.
+
+``--format hf`` writes a Transformers M2M100 directory instead (nmt/interop/hf_export.py,
+docs/interop.md); what follows describes the default ``--format nmt``.
 
 CKPT is a single-file checkpoint (``<run>/checkpoints/best.pt``) or a sharded one
 (``<run>/checkpoints/best.dcp/``, written at any world size). OUT_DIR receives:
@@ -19,20 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nmt import __version__
+from nmt.config import saved_model_config
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_dir, sha256_file
-from nmt.logs import setup_logging
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from nmt.inference import InferenceCheckpoint
 
-USAGE = "python -m nmt.export CKPT OUT_DIR [--overwrite]"
+USAGE = "python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]"
+# --format value -> "module:function" with the signature fn(ckpt, out_dir, overwrite=False) -> dict
+FORMATS = {"nmt": "nmt.export:export", "hf": "nmt.interop.hf_export:export_hf"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,12 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", metavar="CKPT", help="a .pt checkpoint or a .dcp checkpoint directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the export directory to write")
+    p.add_argument("--format", choices=sorted(FORMATS), default="nmt",
+                   help="nmt: nmt's own export (default); hf: Transformers M2M100 + NLLB tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT_DIR")
     return p
 
 
-def check_out_dir(out: Path, src: Path, overwrite: bool) -> None:
-    """Refuse an OUT_DIR that holds anything but an earlier export (or anything without --overwrite)."""
+def check_out_dir(out: Path, src: Path, overwrite: bool, is_earlier=None) -> None:
+    """Refuse an OUT_DIR that holds anything but an earlier export (or anything without --overwrite);
+    ``is_earlier(out)`` says whether OUT_DIR is an earlier export of the format (default: nmt's)."""
     from nmt.inference import CONFIG, EXPORT_FORMAT
 
     src_abs, out_abs = src.resolve(), out.resolve()
@@ -64,13 +73,17 @@ def check_out_dir(out: Path, src: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"OUT_DIR {out} already exists; pass --overwrite to replace it, or choose another directory")
-    try:
-        is_export = json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_export = False
+    if is_earlier is not None:
+        is_export = is_earlier(out)
+    else:
+        try:
+            is_export = json.loads((out / CONFIG).read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+        except (OSError, ValueError, AttributeError):
+            is_export = False
     if not is_export:
-        raise UserError(f"OUT_DIR {out} is not an earlier nmt export (no {CONFIG} of format {EXPORT_FORMAT}); "
-                        f"--overwrite replaces only an export: choose another (or an empty) directory")
+        what = "export of this format" if is_earlier else f"nmt export (no {CONFIG} of format {EXPORT_FORMAT})"
+        raise UserError(f"OUT_DIR {out} is not an earlier {what}; --overwrite replaces only an export: choose "
+                        f"another (or an empty) directory")
 
 
 def _human(n: int) -> str:
@@ -83,49 +96,80 @@ def _human(n: int) -> str:
 
 def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Write the export of ``ckpt`` to ``out_dir``; returns its config.json object."""
-    import torch
-    from safetensors.torch import save_file
-
-    from nmt.inference import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS, checkpoint_kind,
-                               load_inference_checkpoint)
+    from nmt.inference import CONFIG, SPM, WEIGHTS, checkpoint_kind, load_inference_checkpoint
 
     src, out = Path(ckpt), Path(out_dir)
     check_out_dir(out, src, overwrite)  # before the (possibly long) load
     kind, _ = checkpoint_kind(src)
-    log.info(f"loading {src} ({kind})")
+    print(f"loading {src} ({kind})", flush=True)
     ck = load_inference_checkpoint(src)
     model = ck.build_model()  # proves the weights fit their config; adds buffers a .dcp does not hold
-    state: dict[str, torch.Tensor] = {}
+    state = tensors_for_safetensors(model.state_dict())
+    del model
+    config = export_config(ck, state, src)
+    write_export_dir(out, state, config, ck.tokenizer.path, what=f"checkpoint {src}")
+    total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
+    n_params = config["weights"]["parameters"]
+    print(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
+          f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all", flush=True)
+    print(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
+          f"src_lang=... tgt_lang=...", flush=True)
+    return config
+
+
+def tensors_for_safetensors(named: dict) -> dict:
+    """CPU, contiguous tensors; a tied copy gets its own storage (safetensors refuses shared memory)."""
+    state = {}
     seen: set[tuple[int, int]] = set()
-    for name, t in model.state_dict().items():
+    for name, t in named.items():
         t = t.detach().to("cpu").contiguous()
         key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if key in seen:  # safetensors refuses tensors sharing memory: give a tied copy its own storage
+        if key in seen:
             t = t.clone()
         seen.add(key)
         state[name] = t
-    del model
-    n_params = sum(t.numel() for t in state.values())
+    return state
+
+
+def export_config(ck: InferenceCheckpoint, state: dict, src: Path) -> dict:
+    """The ``config.json`` object of an export of ``ck`` holding ``state`` (weights' bytes/sha256 come later)."""
+    import torch
+
+    from nmt.inference import EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
+
     directions = list(ck.info.get("directions") or [])
-    model_cfg = ck.model_config
-    config = {
+    config: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "nmt_version": __version__,
         "torch_version": torch.__version__,
-        "model": model_cfg,
+        "model": saved_model_config(ck.model_config),  # an old checkpoint's export records position_offset=0
         "vocab_size": ck.tokenizer.vocab_size,
         "eval": ck.eval_config,
         "directions": directions,
-        "languages": sorted({code for d in directions for code in str(d).split("-")}),
+        "languages": ck.languages or [],  # the model's language set (the trainer's record, else its directions)
         "tokenizer": {"file": SPM, "sha256": ck.info["tokenizer_sha256"]},
-        "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": n_params,
+        "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": sum(t.numel() for t in state.values()),
                     "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},
         "source": {"checkpoint": str(src.resolve()), "kind": ck.kind, "step": ck.info.get("step"),
                    "best_step": ck.info.get("best_step"), "world_size": ck.info.get("world_size")},
     }
+    added = ck.tokenizer.added_languages()
+    if added:  # languages in spare tag slots (nmt.vocab add-language): code -> tag id
+        config["added_languages"] = added
     if ck.kind == "export":  # re-export: keep the original provenance
         config["source"] = {**(ck.info.get("source") or {}), "exported_from": str(src.resolve())}
+    return config
+
+
+def write_export_dir(out: Path, state: dict, config: dict, spm: Path | bytes, what: str) -> None:
+    """Write ``model.safetensors``, ``spm.model`` (a copy of the file ``spm``, or the bytes ``spm``) and
+    ``config.json`` (its weights' bytes and sha256 filled in here) into ``out`` as one atomic directory;
+    the caller checked ``out`` (:func:`check_out_dir`)."""
+    from safetensors.torch import save_file
+
+    from nmt.inference import CONFIG, EXPORT_FORMAT, EXPORT_VERSION, SPM, WEIGHTS
+
     try:
         with atomic_dir(out, overwrite=True) as tmp:  # check_out_dir decided what may be replaced
             save_file(state, str(tmp / WEIGHTS), metadata={"format": EXPORT_FORMAT,
@@ -135,9 +179,13 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
             os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it 0600; the others follow the umask
             config["weights"]["bytes"] = (tmp / WEIGHTS).stat().st_size
             config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
-            shutil.copyfile(ck.tokenizer.path, tmp / SPM)
+            if isinstance(spm, bytes):
+                (tmp / SPM).write_bytes(spm)
+            else:
+                shutil.copyfile(spm, tmp / SPM)
             if sha256_file(tmp / SPM) != config["tokenizer"]["sha256"]:
-                raise UserError(f"{ck.tokenizer.path} changed while it was being copied (sha256 differs from "
+                name = spm if isinstance(spm, Path) else SPM
+                raise UserError(f"{name} changed while it was being copied (sha256 differs from "
                                 f"the checkpoint's); restore the run's spm.model and export again")
             (tmp / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             for f in (WEIGHTS, SPM, CONFIG):
@@ -147,20 +195,16 @@ def export(ckpt: str | Path, out_dir: str | Path, overwrite: bool = False) -> di
         raise UserError(f"cannot write the export {out}: {e.strerror or e}; free disk space or choose another "
                         f"OUT_DIR (nothing was written there)") from None
     except TypeError as e:  # a config value JSON cannot hold
-        raise UserError(f"checkpoint {src} holds a config that cannot be written as JSON ({e})") from None
-    total = sum((out / f).stat().st_size for f in (WEIGHTS, SPM, CONFIG))
-    log.info(f"exported {src} ({ck.kind}, step {config['source'].get('step')}): {n_params:,} parameters in "
-             f"{len(state)} tensors, {_human(config['weights']['bytes'])} of weights, {_human(total)} in all")
-    log.info(f"wrote {out}/ ({WEIGHTS}, {CONFIG}, {SPM}); use it with: python -m nmt.translate ckpt={out} "
-             f"src_lang=... tgt_lang=...")
-    return config
+        raise UserError(f"{what} holds a config that cannot be written as JSON ({e})") from None
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    import importlib
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    export(args.ckpt, args.out_dir, overwrite=args.overwrite)
+    module, fn = FORMATS[args.format].split(":")
+    getattr(importlib.import_module(module), fn)(args.ckpt, args.out_dir, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ sha256 the checkpoint records). No code from any of these files is ever run.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from typing import Any
 
 import torch
 
-from nmt.config import EvalConfig, ModelConfig
-from nmt.data.tokenizer import Tokenizer
+from nmt.config import EvalConfig, ModelConfig, saved_model_config
+from nmt.data.batching import source_sequence
+from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
 from nmt.device import resolve_device
 from nmt.errors import UserError
 from nmt.fileio import sha256_file
 from nmt.eval.search import beam_search
-from nmt.langs import FLORES200, all_tag_tokens, normalize_lang
+from nmt.langs import all_tag_tokens, languages_of, normalize_lang
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, Transformer
 from nmt.training.checkpoint import load_checkpoint
@@ -40,6 +42,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 SPM = "spm.model"
 
+MAX_LISTED = 40  # languages named in a refusal (an imported NLLB model knows 202)
 KINDS = "a .pt checkpoint, a .dcp checkpoint directory or an export directory (python -m nmt.export)"
 
 
@@ -87,10 +90,12 @@ class InferenceCheckpoint:
     tokenizer: Tokenizer  # checked against the sha256 the checkpoint records
     eval_config: dict[str, Any] = field(default_factory=dict)  # the run's ``eval`` defaults (beam, lenpen, ...)
     info: dict[str, Any] = field(default_factory=dict)  # step, directions, source, ... (provenance only)
+    languages: list[str] | None = None  # the languages it was trained on (None: no record, no directions)
 
     def build_model(self) -> Transformer:
         """The model with every expert on this process, weights loaded, in eval mode."""
-        model = build_model(_dataclass_from(ModelConfig, self.model_config), self.tokenizer.vocab_size)
+        cfg = _dataclass_from(ModelConfig, saved_model_config(self.model_config))  # old configs: position_offset 0
+        model = build_model(cfg, self.tokenizer.vocab_size)
         try:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -163,7 +168,16 @@ def load_inference_checkpoint(path: str | Path) -> InferenceCheckpoint:
     tok = find_tokenizer(where, state)
     info = {k: state.get(k) for k in ("step", "directions", "world_size", "best_step")}
     info["tokenizer_sha256"] = (state.get("tokenizer") or {}).get("sha256") or tok.sha256
-    return InferenceCheckpoint(Path(path), kind, cfg["model"], tensors, tok, cfg.get("eval") or {}, info)
+    return InferenceCheckpoint(Path(path), kind, cfg["model"], tensors, tok, cfg.get("eval") or {}, info,
+                               model_languages(state.get("languages"), state.get("directions")))
+
+
+def model_languages(recorded: Any, directions: Any) -> list[str] | None:
+    """The language set a model records; a checkpoint that predates the record gets the languages of
+    the directions it trained (None when it records neither)."""
+    if isinstance(recorded, list) and recorded:
+        return sorted(str(c) for c in recorded)
+    return languages_of(directions) if directions else None
 
 
 
@@ -222,14 +236,17 @@ def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
     src = meta.get("source") or {}
     info = {"step": src.get("step"), "directions": meta.get("directions"), "world_size": src.get("world_size"),
             "best_step": src.get("best_step"), "tokenizer_sha256": want or tok.sha256, "source": src}
-    return InferenceCheckpoint(given, "export", meta["model"], state, tok, meta.get("eval") or {}, info)
+    return InferenceCheckpoint(given, "export", meta["model"], state, tok, meta.get("eval") or {}, info,
+                               model_languages(meta.get("languages"), meta.get("directions")))
 
 
 class Translator:
     """A model, its tokenizer and default search settings."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, defaults: EvalConfig, device: torch.device):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, defaults: EvalConfig, device: torch.device,
+                 languages: list[str] | None = None):
         self.model = model.eval()
+        self.languages = languages  # trained languages (None: unknown, nothing is refused)
         self.tokenizer = tokenizer
         self.defaults = defaults
         self.device = device
@@ -241,7 +258,32 @@ class Translator:
         dev = resolve_device(device)
         ckpt = load_inference_checkpoint(path)
         model = ckpt.build_model()
-        return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev)
+        return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev,
+                   ckpt.languages)
+
+    def resolve_lang(self, code: str, where: str) -> str:
+        """A code of this model: Flores-200 codes and aliases, or a language added to its vocabulary."""
+        if code in self.tokenizer.added_languages():
+            return code
+        return normalize_lang(code, where=where)
+
+    def check_languages(self, pairs: list[tuple[str, str]], allow_untrained: bool = False) -> None:
+        """Refuse (UserError) a source or target language the model was not trained on, or only
+        warn with ``allow_untrained``. Call it before anything is written."""
+        if self.languages is None:
+            return
+        known = set(self.languages)
+        outside = sorted({c for pair in pairs for c in pair if c not in known})
+        if not outside:
+            return
+        shown = self.languages[:MAX_LISTED]
+        listed = ", ".join(shown) + (f" … ({len(self.languages)} in all)" if len(shown) < len(self.languages) else "")
+        if allow_untrained:
+            print(f"warning: the model was not trained on {', '.join(outside)} (its languages: {listed}); "
+                  f"translating anyway (allow_untrained_lang=true)", file=sys.stderr, flush=True)
+            return
+        raise UserError(f"the model was not trained on {', '.join(outside)}: its languages are {listed}; pass "
+                        f"allow_untrained_lang=true to translate anyway, or use a model that knows the language")
 
     def translate(
         self,
@@ -259,18 +301,19 @@ class Translator:
         beam = beam_size or d.beam
         lenpen = d.lenpen if len_penalty is None else len_penalty
         bs = batch_size or d.batch_size
-        src_lang = normalize_lang(src_lang, where="src_lang")
-        tgt_lang = normalize_lang(tgt_lang, where="tgt_lang")
+        src_lang = self.resolve_lang(src_lang, where="src_lang")
+        tgt_lang = self.resolve_lang(tgt_lang, where="tgt_lang")
         tok = self.tokenizer
         src_tag, tgt_tag = tok.lang_id(src_lang), tok.lang_id(tgt_lang)
         max_src = self.model.cfg.max_positions - 2
         encoded = tok.encode_batch([line.strip() for line in lines])
         out = [""] * len(lines)
         todo = sorted((i for i, line in enumerate(lines) if line.strip()), key=lambda i: len(encoded[i]))
-        src_idx, tgt_idx = FLORES200.index(src_lang), FLORES200.index(tgt_lang)
+        src_idx, tgt_idx = src_tag - FIRST_TAG_ID, tgt_tag - FIRST_TAG_ID  # tag slot = language index
         for start in range(0, len(todo), bs):
             chunk = todo[start: start + bs]
-            seqs = [[src_tag] + encoded[i][:max_src] + [tok.eos_id] for i in chunk]
+            seqs = [source_sequence(encoded[i][:max_src], src_tag, tok.eos_id, self.model.cfg.source_convention)
+                    for i in chunk]
             width = max(len(s) for s in seqs)
             src = torch.full((len(seqs), width), PAD, dtype=torch.long)
             for r, s in enumerate(seqs):

@@ -7,6 +7,9 @@ so adding a language later needs no resize of the embedding matrix.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from nmt.errors import UserError
 
 FLORES200: tuple[str, ...] = (
@@ -157,3 +160,18 @@ def direction_group(src: str, tgt: str) -> str:
     if tgt == ENGLISH:
         return "xx-en"
     return "xx-yy"
+
+
+# -- languages of one model (nmt.vocab add-language) -------------------------------------------
+# A Flores-style code: ISO 639-3 letters, "_", an ISO 15924 script, optionally "_" + a glottocode.
+_CODE_RE = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}(_[a-z]{4}[0-9]{4})?")
+
+
+def is_lang_code(code: str) -> bool:
+    """True for any well-formed Flores-style code (``xxx_Scrp`` or ``xxx_Scrp_abcd1234``)."""
+    return bool(_CODE_RE.fullmatch(code))
+
+
+def languages_of(directions: Iterable[str]) -> list[str]:
+    """The sorted languages of ``src-tgt`` directions (the language set of a model without a record)."""
+    return sorted({code for d in directions for code in str(d).split("-") if code})

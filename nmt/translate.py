@@ -4,7 +4,8 @@ Exactly one output line per input line (an empty input line gives an empty outpu
 ``ckpt`` is a training checkpoint (``<run>/checkpoints/best.pt`` or ``best.dcp/``) or an export
 directory written by ``python -m nmt.export`` (see docs/export.md).
 Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) instead of stdout,
-``beam``, ``lenpen``, ``batch_size``, ``device``.
+``beam``, ``lenpen``, ``batch_size``, ``device``, ``allow_untrained_lang`` (translate from or into a
+language the model was not trained on, with a warning, instead of refusing).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_write
-from nmt.langs import normalize_lang
+from nmt.langs import is_lang_code, normalize_lang
 
 
 @dataclass
@@ -31,14 +32,16 @@ class TranslateArgs:
     batch_size: int = 0  # 0: the checkpoint's eval.batch_size
     device: str = "cpu"  # cpu | cuda | auto
     overwrite: bool = False  # replace an existing output=FILE
+    allow_untrained_lang: bool = False  # warn instead of refusing a language the model was not trained on
 
     def validate(self) -> None:
         for key in ("ckpt", "src_lang", "tgt_lang"):
             if not getattr(self, key):
                 raise UserError(f"missing {key}=...: usage: python -m nmt.translate ckpt=PATH "
                                 f"src_lang=eng_Latn tgt_lang=fra_Latn < input.txt")
-        normalize_lang(self.src_lang, where="src_lang")
-        normalize_lang(self.tgt_lang, where="tgt_lang")
+        for key in ("src_lang", "tgt_lang"):  # a code added to one model resolves when the model is loaded
+            if not is_lang_code(getattr(self, key)):
+                normalize_lang(getattr(self, key), where=key)
         if self.beam < 0 or self.batch_size < 0:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
         if self.device not in ("cpu", "cuda", "auto"):
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     from nmt.inference import Translator
 
     translator = Translator.from_checkpoint(args.ckpt, device=args.device)
+    pair = (translator.resolve_lang(args.src_lang, "src_lang"), translator.resolve_lang(args.tgt_lang, "tgt_lang"))
+    translator.check_languages([pair], allow_untrained=args.allow_untrained_lang)
     lines = read_lines(args.input)
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,

@@ -326,6 +326,10 @@ for _id, _overrides, _key in [
     ("dropout-negative", ["model.dropout=-0.1"], "model.dropout"),
     ("warmup-longer-than-training", ["optim.warmup_steps=5"], "optim.warmup_steps"),
     ("moe-eom-one", ["model.moe.experts=4", "model.moe.encoder_freq=1", "model.moe.eom=1.0"], "model.moe.eom"),
+    ("moe-capacity-rule-bogus", ["model.moe.experts=4", "model.moe.encoder_freq=1", "model.moe.capacity_rule=gshard"],
+     "model.moe.capacity_rule"),
+    ("moe-cmr-budget-loss-bogus", ["model.moe.experts=4", "model.moe.encoder_freq=1", "model.moe.cmr=true",
+                                   "model.moe.cmr_budget_loss=layerwise"], "model.moe.cmr_budget_loss"),
     ("max-bad-updates-zero", ["trainer.max_bad_updates=0"], "trainer.max_bad_updates"),
     ("schedule-bogus", ["optim.schedule=bogus"], "optim.schedule"),
 ]:

@@ -71,7 +71,7 @@ def test_bad_manifest_is_a_user_error(tmp_path):
         resource_info(["deu_Latn-eng_Latn"], tmp_path / "none")
 
 
-def test_evaluate_writes_resource_groups(layout):
+def test_evaluate_writes_resource_groups(layout):  # noqa: F811  (the fixture imported above)
     from nmt.evaluate import main
 
     corpus = write_manifest(layout / "manifest_only", {"eng_Latn-fra_Latn": 150_000})

@@ -142,10 +142,15 @@ def test_checkpoint_mode_with_stub_translator(layout, monkeypatch, capsys):
     calls = []
 
     class StubTranslator:
+        languages = None  # no record: nothing is refused
+
         @classmethod
         def from_checkpoint(cls, path, device="cpu"):
             calls.append(("load", path, device))
             return cls()
+
+        def check_languages(self, pairs, allow_untrained=False):
+            assert allow_untrained is False and len(pairs) == 4
 
         def translate(self, lines, src_lang, tgt_lang, beam_size=4, len_penalty=1.0,
                       batch_size=64, max_len_a=1.2, max_len_b=10):

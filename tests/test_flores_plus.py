@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_module
 
+from conftest import run_module
 from nmt.errors import UserError
 from nmt.eval import flores
 from nmt.eval.flores_layout import check_comparable

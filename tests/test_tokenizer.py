@@ -38,8 +38,10 @@ def test_sha256_is_of_file_bytes(tok: Tokenizer, trained_corpus: Path) -> None:
 
 
 def test_lang_id_rejects_unknown_codes(tok: Tokenizer) -> None:
+    with pytest.raises(UserError, match="no tag __xyz_Latn__; add it with python -m nmt.vocab add-language"):
+        tok.lang_id("xyz_Latn")  # well-formed, but this vocabulary has no such language
     with pytest.raises(UserError, match="Flores-200"):
-        tok.lang_id("xyz_Latn")
+        tok.lang_id("xyz")
     with pytest.raises(UserError, match="Flores-200"):
         tok.lang_id("en")  # aliases are for user input, not for tag lookup
 

@@ -39,7 +39,7 @@ def test_extra_state_keys_and_round_trip():
                        ["eng_Latn-fra_Latn"], {"path": "/r/spm.model", "sha256": "ab"})
     d = extra.state_dict()
     assert sorted(d) == sorted(["step", "best_valid", "best_step", "skipped_updates", "loader", "rng",
-                                "rng_per_rank", "world_size", "config", "directions", "tokenizer"])
+                                "rng_per_rank", "world_size", "config", "directions", "languages", "tokenizer"])
     assert d["world_size"] == 2 and d["rng"] is rng[0]
     back = ExtraState.from_state_dict(d)
     assert back.train.step == 3 and back.loader == {"epoch": 1} and len(back.rng_per_rank) == 2

@@ -153,3 +153,13 @@ def batch_by_tokens(
         perm = torch.randperm(len(batches), generator=generator).tolist()
         batches = [batches[i] for i in perm]
     return batches
+
+
+def source_sequence(pieces: list[int], tag: int, eos: int, convention: str = "tag_first") -> list[int]:
+    """Encoder input for one sentence: ``[tag] x </s>`` (``tag_first``: NLLB, Transformers' default)
+    or ``x </s> [tag]`` (``legacy``: Transformers' ``legacy_behaviour=True``); see model.source_convention."""
+    if convention == "tag_first":
+        return [tag, *pieces, eos]
+    if convention == "legacy":
+        return [*pieces, eos, tag]
+    raise UserError(f"model.source_convention={convention!r} is unknown; use tag_first or legacy")

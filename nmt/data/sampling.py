@@ -64,7 +64,7 @@ def _temperature(sizes: Mapping[str, int], temperature: float) -> dict[str, floa
     logits = (np.log(n) - np.log(n.sum())) / t
     w = np.exp(logits - logits.max())
     p = w / w.sum()
-    return {d: float(x) for d, x in zip(sizes, p)}
+    return {d: float(x) for d, x in zip(sizes, p, strict=True)}
 
 
 def _fixed(sizes: Mapping[str, int], weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -190,7 +190,7 @@ def epoch_counts(
     p = np.array([float(probs[d]) for d in probs], dtype=np.float64)
     if len(p) == 0 or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
         raise UserError(f"sampling probabilities must be finite, >= 0 and not all zero, got {dict(probs)}")
-    for d, x in zip(probs, p):
+    for d, x in zip(probs, p, strict=True):
         if x > 0 and sizes[d] <= 0:
             raise UserError(f"direction {d} has probability {x:.3g} but no examples")
     p = p / p.sum()
@@ -205,7 +205,7 @@ def epoch_counts(
         weights = frac if frac.sum() > 0 else p
         draws = torch.multinomial(torch.from_numpy(weights), remainder, replacement=True, generator=generator)
         counts += np.bincount(draws.numpy(), minlength=len(p))
-    return {d: int(c) for d, c in zip(probs, counts)}
+    return {d: int(c) for d, c in zip(probs, counts, strict=True)}
 
 
 def mean_example_tokens(data: Any, directions: Iterable[str]) -> float:
@@ -233,7 +233,8 @@ def stage_steps(cfg: Any, directions: Iterable[str], train_directions: list[str]
         return max_steps
     wanted = set(directions)
     ends = [start for start, _ in stages[1:]] + [max_steps]
-    return sum(max(0, min(end, max_steps) - start) for (start, dirs), end in zip(stages, ends) if set(dirs) == wanted)
+    spans = zip(stages, ends, strict=True)
+    return sum(max(0, min(end, max_steps) - start) for (start, dirs), end in spans if set(dirs) == wanted)
 
 
 def probs_for_run(cfg: Any, sizes: Mapping[str, int], weights: Mapping[str, float], data: Any,

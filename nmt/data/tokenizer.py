@@ -22,7 +22,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from nmt.errors import UserError
-from nmt.langs import all_tag_tokens, lang_tag, normalize_lang
+from nmt.langs import FLORES200, all_tag_tokens, is_lang_code, lang_tag, normalize_lang
 
 PAD_ID = 0
 UNK_ID = 1
@@ -69,7 +69,7 @@ class Tokenizer:
         unk = self._sp.unk_id()
         self._tag_ids: frozenset[int] = frozenset(
             i for i in (self._sp.piece_to_id(t) for t in all_tag_tokens()) if i != unk
-        )
+        ) | frozenset(self.added_languages().values())
         # Fast path: a sequence whose smallest id is above every special/tag id needs no scan.
         self._max_special = max([EOS_ID, *self._tag_ids])
         self._tag_literal: dict[int, list[int]] = {}
@@ -86,14 +86,28 @@ class Tokenizer:
     def is_tag(self, i: int) -> bool:
         return i in self._tag_ids
 
+    def added_languages(self) -> dict[str, int]:
+        """Languages added in spare tag slots (``nmt.vocab add-language``): code -> tag id.
+
+        A spare slot ``__spareN__`` renamed ``__xxx_Scrp__`` in the SentencePiece model makes
+        that code resolve in this vocabulary only (codes are resolved per model)."""
+        first_spare = FIRST_TAG_ID + len(FLORES200)
+        out: dict[str, int] = {}
+        for i in range(first_spare, min(FIRST_TAG_ID + len(all_tag_tokens()), self.vocab_size)):
+            piece = self._sp.id_to_piece(i)
+            code = piece[2:-2]
+            if piece.startswith("__") and piece.endswith("__") and is_lang_code(code):
+                out[code] = i
+        return out
+
     def lang_id(self, code: str) -> int:
-        """Id of the tag ``__code__`` of a Flores-200 language."""
-        code = normalize_lang(code, allow_alias=False, where=f"tag lookup in {self.path}")
+        """Id of the tag ``__code__``: a Flores-200 language, or one added to this vocabulary."""
+        if not is_lang_code(code):
+            code = normalize_lang(code, allow_alias=False, where=f"tag lookup in {self.path}")
         i = self._sp.piece_to_id(lang_tag(code))
         if i not in self._tag_ids:
-            raise UserError(
-                f"{self.path}: the model has no tag {lang_tag(code)}; {_RETRAIN}"
-            )
+            fix = _RETRAIN if code in FLORES200 else "add it with python -m nmt.vocab add-language"
+            raise UserError(f"{self.path}: the model has no tag {lang_tag(code)}; {fix}")
         return i
 
     def check_tags(self) -> None:
@@ -113,8 +127,11 @@ class Tokenizer:
                 f"{self.path}: vocabulary of {self.vocab_size} pieces cannot hold the "
                 f"{len(tags)} language tags; {_RETRAIN}"
             )
+        added = self.added_languages()
         for i, tag in enumerate(tags):
             want = FIRST_TAG_ID + i
+            if i >= len(FLORES200) and added.get(sp.id_to_piece(want)[2:-2]) == want:
+                continue  # a spare slot that holds an added language
             if sp.piece_to_id(tag) != want or sp.id_to_piece(want) != tag:
                 raise UserError(
                     f"{self.path}: language tag {tag} is not at id {want} (the model was "

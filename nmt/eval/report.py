@@ -14,8 +14,9 @@
 Averages are plain means of the per-direction corpus scores; a group without directions is
 ``null``. With ``"resource"`` (the training corpus is known, nmt/eval/resource.py) the averages
 also have the NLLB resource groups ``high-resource``, ``low-resource``, ``very-low-resource``
-and ``zero-shot``, by each direction's training-pair count. A baseline's averages use the directions where that baseline exists (the retrieval
-baseline needs training bitext for the direction). All files are written as ``<name>.tmp`` and
+and ``zero-shot``, by each direction's training-pair count. A baseline's averages use the
+directions where that baseline exists (the retrieval baseline needs training bitext for the
+direction). All files are written as ``<name>.tmp`` and
 renamed into place; existing files are kept unless ``overwrite`` is true.
 """
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from nmt.errors import UserError
-from nmt.fileio import atomic_write
+from nmt.eval.forgetting import format_forgetting
 from nmt.eval.resource import RESOURCE_GROUPS
+from nmt.fileio import atomic_write
 from nmt.langs import direction_group
 
 GROUPS = ("all", "en-xx", "xx-en", "xx-yy")
@@ -54,7 +57,8 @@ def _groups(results: dict) -> list[str]:
     return list(GROUPS) + (list(RESOURCE_GROUPS) if "resource" in results else [])
 
 
-def averages(per_direction: dict[str, dict | None], resource: dict[str, str] | None = None) -> dict[str, dict | None]:
+def averages(per_direction: Mapping[str, dict | None],
+             resource: dict[str, str] | None = None) -> dict[str, dict | None]:
     """Mean of every metric by group: ``{"all": {...}, "en-xx": ..., "xx-en": ..., "xx-yy": ...}``,
     plus the :data:`~nmt.eval.resource.RESOURCE_GROUPS` when ``resource`` maps each direction to one.
 
@@ -172,6 +176,8 @@ def format_markdown(results: dict) -> str:
                      f"low < {r['thresholds']['low']:,}, very low < {r['thresholds']['very_low']:,} "
                      "(NLLB's definitions); zero-shot: no training pair.")
     parts.append(format_table(results))
+    if results.get("forgetting"):
+        parts.append(format_forgetting(results["forgetting"]))
     return "\n\n".join(parts)
 
 
@@ -181,6 +187,8 @@ def print_table(results: dict) -> None:
     for note in results.get("notes", []):
         print(f"note: {note}")
     print(format_table(results), flush=True)
+    if results.get("forgetting"):
+        print(format_forgetting(results["forgetting"]), flush=True)
 
 
 def chart_png(results: dict) -> bytes:
@@ -211,7 +219,7 @@ def chart_png(results: dict) -> bytes:
     fig = Figure(figsize=(min(40.0, max(6.0, 0.45 * len(labels) * len(systems) + 2)), 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for i, ((label, _), vals) in enumerate(zip(systems, values)):
+    for i, ((label, _), vals) in enumerate(zip(systems, values, strict=True)):
         xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, vals, width=width, label=label)
     ax.set_xticks(range(len(labels)))
@@ -248,7 +256,7 @@ def write_report(out_dir: str | Path, results: dict, *, overwrite: bool = False)
     d.mkdir(parents=True, exist_ok=True)
     paths = {name: d / name for name in OUTPUT_FILES}
     # Render everything first so a failure leaves no partial set of outputs behind.
-    payload = {
+    payload: dict[str, str | bytes] = {
         "results.json": json.dumps(results, indent=2, ensure_ascii=False) + "\n",
         "results.md": format_markdown(results),
         "chrf.png": chart_png(results),

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.langs import FLORES200
+from nmt.langs import FLORES200, all_tag_tokens
 from nmt.models.ffn import BatchContext
 
-N_LANGS = len(FLORES200)
+N_LANGS = len(all_tag_tokens())  # language index = tag slot: Flores-200, then the spare slots (added languages)
 
 
 def _key_table(keys: list[str], key_by: str) -> Tensor:

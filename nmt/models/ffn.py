@@ -23,6 +23,7 @@ class BatchContext:
     layer: int = 0
     aux: dict[str, Tensor] = field(default_factory=dict)
     generated: dict | None = None  # hyper-adapter parameters per layer id, for this batch
+    aux_loss_scale: float = 1.0  # d(objective)/d(aux loss): the number of target tokens in training
 
 
 class DenseFFN(nn.Module):

@@ -51,7 +51,9 @@ class FairscaleMoE(nn.Module):
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         return on_real_tokens(self.forward_tokens, x, ctx)
 
-    def forward_tokens(self, x: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def forward_tokens(self, x: Tensor, aux: dict[str, Tensor], aux_loss_scale: float = 1.0,
+                       batch_tokens: int | None = None) -> Tensor:
+        """fairscale's gate loss always goes to ``aux`` (single process: no FSDP2, no scale needed)."""
         e = self.cfg.experts
         s = x.shape[0]
         padded = F.pad(x, (0, 0, 0, (-s) % e))

@@ -18,6 +18,7 @@ from nmt.config import ModelConfig
 from nmt.models.attention import MultiheadAttention
 from nmt.models.ffn import BatchContext, DenseFFN
 from nmt.models.kv_cache import KVCache, LayerKV
+from nmt.models.moe.cmr import finish_global_budget
 
 PAD = 0
 
@@ -96,7 +97,7 @@ class Transformer(nn.Module):
     ``adapter_factory(side, layer)`` its output adapter (or None); ``hypernet`` (a
     :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
 
-    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2, D]
+    positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2 + position_offset, D]
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
                  adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
@@ -114,7 +115,8 @@ class Transformer(nn.Module):
         with torch.no_grad():
             self.embed.weight[PAD].zero_()
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
-        self.register_buffer("positions", sinusoidal_table(cfg.max_positions + 2, cfg.d_model), persistent=False)
+        self.register_buffer("positions", sinusoidal_table(cfg.max_positions + 2 + cfg.position_offset, cfg.d_model),
+                             persistent=False)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(cfg, ffn_factory("encoder", i), impl) for i in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(
@@ -137,15 +139,16 @@ class Transformer(nn.Module):
                     nn.init.zeros_(mod.bias)
 
     def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        t = tokens.shape[1]
-        x = self.embed(tokens) * self.embed_scale + self.positions[offset: offset + t].to(self.embed.weight.dtype)
+        t, first = tokens.shape[1], self.cfg.position_offset + offset  # position p uses table row offset + p
+        x = self.embed(tokens) * self.embed_scale + self.positions[first: first + t].to(self.embed.weight.dtype)
         return F.dropout(x, p=self.cfg.dropout, training=self.training)
 
     def encode(self, src_tokens: Tensor, src_lang: Tensor | None = None, tgt_lang: Tensor | None = None,
-               aux: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+               aux: dict[str, Tensor] | None = None, aux_loss_scale: float = 1.0) -> tuple[Tensor, Tensor]:
         """Returns the encoder output ``[B, S, D]`` and its additive key mask ``[B, 1, 1, S]``."""
         mask = padding_mask(src_tokens)
-        ctx = BatchContext(src_lang, tgt_lang, src_tokens.eq(PAD), "encoder", 0, {} if aux is None else aux)
+        ctx = BatchContext(src_lang, tgt_lang, src_tokens.eq(PAD), "encoder", 0, {} if aux is None else aux,
+                           aux_loss_scale=aux_loss_scale)
         x = self._embed(src_tokens)
         if self.hypernet is not None:
             ctx.generated = self.hypernet(src_lang, tgt_lang, list(range(len(self.encoder_layers))), "encoder")
@@ -165,13 +168,15 @@ class Transformer(nn.Module):
         offset: int = 0,
         aux: dict[str, Tensor] | None = None,
         output_mask: Tensor | None = None,
+        aux_loss_scale: float = 1.0,
     ) -> Tensor:
         """Decoder logits ``[B, T, V]``. With ``cache`` (from :meth:`new_cache`), ``prev_tokens``
         holds only the new positions starting at ``offset``. With ``output_mask`` ``[B, T]``,
         only those positions are projected to the vocabulary: ``[N, V]`` (training skips padding)."""
         t = prev_tokens.shape[1]
         self_mask = None if cache is not None and t == 1 else causal_mask(t, prev_tokens.device)
-        ctx = BatchContext(src_lang, tgt_lang, prev_tokens.eq(PAD), "decoder", 0, {} if aux is None else aux)
+        ctx = BatchContext(src_lang, tgt_lang, prev_tokens.eq(PAD), "decoder", 0, {} if aux is None else aux,
+                           aux_loss_scale=aux_loss_scale)
         x = self._embed(prev_tokens, offset)
         if self.hypernet is not None:
             first = len(self.encoder_layers)  # decoder layer ids follow the encoder's
@@ -190,11 +195,15 @@ class Transformer(nn.Module):
         return KVCache(len(self.decoder_layers))
 
     def forward(self, src_tokens: Tensor, prev_tokens: Tensor, src_lang: Tensor | None = None,
-                tgt_lang: Tensor | None = None, output_mask: Tensor | None = None
+                tgt_lang: Tensor | None = None, output_mask: Tensor | None = None, aux_loss_scale: float = 1.0
                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``aux_loss_scale``: the objective's weight on the aux losses (the trainer's number of
+        target tokens); it reaches the MoE/CMR layers, whose aux-loss gradient under FSDP2 it is."""
         aux: dict[str, Tensor] = {}
-        memory, mask = self.encode(src_tokens, src_lang, tgt_lang, aux)
-        logits = self.decode(prev_tokens, memory, mask, src_lang, tgt_lang, aux=aux, output_mask=output_mask)
+        memory, mask = self.encode(src_tokens, src_lang, tgt_lang, aux, aux_loss_scale)
+        logits = self.decode(prev_tokens, memory, mask, src_lang, tgt_lang, aux=aux, output_mask=output_mask,
+                             aux_loss_scale=aux_loss_scale)
+        finish_global_budget(aux, self.cfg.moe, aux_loss_scale)  # the CMR budget term over all layers
         return logits, aux
 
 

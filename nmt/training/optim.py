@@ -4,6 +4,7 @@ root, and cosine / linear decay to ``min_lr`` at ``trainer.max_steps`` for fixed
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +40,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     # fused/foreach step cannot mix the two (each group is stepped on its own).
     sharded = [p for p in params if hasattr(p, "to_local")]
     groups = [{"params": g} for g in (sharded, [p for p in params if not hasattr(p, "to_local")]) if g]
-    kwargs = dict(lr=cfg.warmup_init_lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    params = groups if len(groups) > 1 else params
+    kwargs: dict[str, Any] = dict(lr=cfg.warmup_init_lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    arg: list[dict[str, Any]] | list[nn.Parameter] = groups if len(groups) > 1 else params
     try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
+        return torch.optim.AdamW(arg, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused kernels unavailable for this device/dtype
-        return torch.optim.AdamW(params, foreach=True, **kwargs)
+        return torch.optim.AdamW(arg, foreach=True, **kwargs)

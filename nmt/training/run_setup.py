@@ -85,6 +85,26 @@ def _first_difference(old: Any, new: Any, key: str = "") -> str | None:
     return None if old == new else f"{key}: {old!r} in the run, {new!r} now"
 
 
+def _check_saved_positions(run_dir: Path, config: dict[str, Any]) -> None:
+    """A run started before model.position_offset existed trained with offset 0 (saved_model_config):
+    continuing it with another offset would silently shift every position."""
+    import yaml
+
+    from nmt.config import saved_model_config
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        return
+    was = saved_model_config(saved["model"])["position_offset"]
+    now = (config.get("model") or {}).get("position_offset")
+    if "position_offset" not in saved["model"] and now != was:
+        raise UserError(f"{run_dir} was started before model.position_offset existed (positions from table row "
+                        f"{was}); continue it with model.position_offset={was} (nothing was overwritten)")
+
+
 def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict[str, Any],
                     resume: str | bool = "auto") -> bool:
     """Create the run directory and decide whether to resume the run already in it.
@@ -100,6 +120,8 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict
     if existing and mode == "false":
         raise UserError(f"{run_dir} already holds a run ({run_dir / 'checkpoints'}); continue it with "
                         f"trainer.resume=true or start a new one elsewhere with hydra.run.dir=... (nothing was overwritten)")
+    if existing:
+        _check_saved_positions(run_dir, config)
     if existing and mode == "auto":
         import yaml
 
@@ -108,6 +130,10 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict
             saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             saved = None
+        if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+            from nmt.config import saved_model_config
+
+            saved["model"] = saved_model_config(saved["model"])  # keys added since: their old meaning
         diff = _first_difference(saved, config) if isinstance(saved, dict) else f"{saved_path} is missing or unreadable"
         if diff:
             raise UserError(f"{run_dir} already holds a run with another config ({diff}); continue it anyway "

@@ -58,12 +58,14 @@ class ExtraState:
     rng_per_rank: list[dict[str, Any]]
     config: dict[str, Any]
     directions: list[str]
+    languages: list[str] = field(default_factory=list)  # every language the model knows (inference reads it)
     tokenizer: dict[str, str] = field(default_factory=dict)  # path, sha256
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.train.state_dict(), "loader": self.loader, "rng": self.rng_per_rank[0],
                 "rng_per_rank": self.rng_per_rank, "world_size": len(self.rng_per_rank),
-                "config": self.config, "directions": list(self.directions), "tokenizer": dict(self.tokenizer)}
+                "config": self.config, "directions": list(self.directions), "languages": list(self.languages),
+                "tokenizer": dict(self.tokenizer)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ExtraState:
@@ -72,5 +74,5 @@ class ExtraState:
         train.load_state_dict(state)
         return cls(train=train, loader=state["loader"], rng_per_rank=state.get("rng_per_rank") or [state["rng"]],
                    config=state.get("config", {}), directions=list(state.get("directions", [])),
-                   tokenizer=dict(state.get("tokenizer", {})))
+                   languages=list(state.get("languages", [])), tokenizer=dict(state.get("tokenizer", {})))
 

@@ -27,11 +27,10 @@ from nmt.data.loader import valid_batches
 from nmt.data.tokenizer import Tokenizer
 from nmt.device import resolve_device
 from nmt.errors import UserError
+from nmt.langs import languages_of
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
-from nmt.models.moe import AuxLossThroughOutput
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training import distributed, preemption
-from nmt.training.checkpoint import load_checkpoint
 from nmt.training.checkpoint_manager import CheckpointManager
 from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.metrics_log import RunLogger
@@ -125,6 +124,7 @@ class Trainer:
     def _prepare_model(self) -> torch.nn.Module:
         """The model on this rank: built, started from ``trainer.init_from``, base frozen if asked."""
         model = self._build_model()
+        self.base_languages: list[str] = []  # the init_from model's languages: the run's model knows them too
         if self.cfg.trainer.init_from:
             self._init_from(model, Path(self.cfg.trainer.init_from))
         if self.cfg.model.adapters.freeze_base:
@@ -149,17 +149,28 @@ class Trainer:
         return model.to(self.device)
 
     def _init_from(self, model: torch.nn.Module, path: Path) -> None:
-        """Start from another run's weights (e.g. a dense model before adapter fine-tuning):
-        every base parameter must be in the checkpoint; adapter parameters may be missing."""
-        state = load_checkpoint(path)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        """Start from another run's weights (e.g. a dense model before adapter fine-tuning, or an
+        export from nmt.vocab add-language): same vocabulary; every base parameter must be in the
+        checkpoint; adapter parameters may be missing."""
+        from nmt.inference import load_inference_checkpoint
+
+        ck = load_inference_checkpoint(path)  # a .pt, a .dcp or an export
+        theirs, ours = ck.tokenizer, self.tokenizer
+        if theirs.sha256 != ours.sha256:
+            raise UserError(
+                f"trainer.init_from={path} was trained with the vocabulary {theirs.path} ({theirs.vocab_size} "
+                f"pieces, sha256 {theirs.sha256[:12]}…) but data.corpus has {ours.path} ({ours.vocab_size} pieces, "
+                f"sha256 {ours.sha256[:12]}…): copy {theirs.path} to {ours.path} and re-binarize "
+                f"(python -m data_prep.binarize --corpus CORPUS --overwrite)")
+        self.base_languages = list(ck.languages or [])
+        missing, unexpected = model.load_state_dict(ck.state, strict=False)
         missing = [k for k in missing if not is_adapter_parameter(k)]
         if missing or unexpected:
             names = ", ".join((missing + unexpected)[:5])
             raise UserError(f"trainer.init_from={path} does not fit this model ({len(missing)} missing, "
                             f"{len(unexpected)} unexpected parameters: {names}); use a checkpoint of the same "
                             f"base architecture")
-        log.info(f"initialised from {path} (step {state.get('step')})")
+        log.info(f"initialised from {path} (step {ck.info.get('step')})")
 
     def _seed_rank(self) -> None:
         if self.rank > 0:  # dropout differs by rank; rank 0 keeps the stream of a single process
@@ -197,6 +208,7 @@ class Trainer:
         return ExtraState(train=self.state, loader=self.data.loader.state_dict(),
                           rng_per_rank=self.checkpoints.gather_rng(), config=self.resolved_config,
                           directions=list(self.directions),
+                          languages=sorted(set(self.base_languages) | set(languages_of(self.directions))),
                           tokenizer={"path": str((self.run_dir / "spm.model").resolve()),
                                      "sha256": self.tokenizer.sha256})
 
@@ -219,10 +231,10 @@ class Trainer:
         b = with_target_tag(b) if self.cfg.trainer.loss_include_tag else b
         counted = b.target.ne(PAD)  # the vocabulary projection runs only where the loss counts
         with self.autocast:
-            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted)
+            logits, aux = self.wrapped(b.src_tokens, b.prev_output_tokens, b.src_lang, b.tgt_lang, output_mask=counted,
+                                       aux_loss_scale=float(counted.sum()))  # d(objective)/d(aux loss)
         direction = b.direction[:, None].expand_as(b.target)[counted]
         out = label_smoothed_nll(logits, b.target[counted], self.cfg.optim.label_smoothing, direction, n_directions)
-        AuxLossThroughOutput.scale = float(out.ntokens)  # d(objective)/d(aux loss), for the backward to come
         return out.loss, out, aux
 
     def _backward(self, batch: Any) -> tuple[Any, dict[str, Any], float]:

@@ -1,7 +1,8 @@
 """Run with ``torchrun --standalone --nproc_per_node=2``: an expert-parallel MoE layer (experts
 split over the ranks, tokens exchanged with all_to_all) against one process holding all experts.
 
-Each rank routes its own tokens (capacity from its own token count, as in fairseq). The reference
+Each rank routes its own tokens (capacity from its own token count; under
+``capacity_rule=fairseq`` from the largest padded batch over the ranks, as in fairseq). The reference
 runs both ranks' inputs through one full layer in this process. Checked in fp64: outputs,
 input gradients, the balancing loss, expert gradients (EP divides them by the world size, the
 data-parallel average) and router gradients (averaged as DDP would), and that state_dict()
@@ -25,8 +26,12 @@ def check(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
         raise SystemExit(1)
 
 
-def run(cfg: MoEConfig) -> None:
+def run(cfg: MoEConfig, padded: tuple[int, ...] | None = None) -> None:
+    """``padded``: each rank's batch positions with padding (the fairseq capacity rule's S); the
+    expert-parallel layer must use the largest over the ranks, as fairseq does."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    ep_kw = {} if padded is None else {"batch_tokens": padded[rank]}
+    ref_kw = {} if padded is None else {"batch_tokens": max(padded[:world])}
     torch.manual_seed(0)
     ref = MoELayer(8, 16, cfg, "enc0")
     with torch.no_grad():
@@ -41,7 +46,7 @@ def run(cfg: MoEConfig) -> None:
 
     x = inputs[rank].clone().requires_grad_()
     aux: dict[str, torch.Tensor] = {}
-    y = ep.forward_tokens(x, aux)
+    y = ep.forward_tokens(x, aux, **ep_kw)
     ((y * weights[rank]).sum() + aux["loss/moe_balance"]).backward()
 
     ref_x = [t.clone().requires_grad_() for t in inputs]
@@ -49,7 +54,7 @@ def run(cfg: MoEConfig) -> None:
     ref_y, ref_bal = [], []
     for r in range(world):
         a: dict[str, torch.Tensor] = {}
-        out = ref.forward_tokens(ref_x[r], a)
+        out = ref.forward_tokens(ref_x[r], a, **ref_kw)
         ref_y.append(out)
         ref_bal.append(a["moe/enc0/balance"])
         total = total + (out * weights[r]).sum() + a["loss/moe_balance"]
@@ -75,6 +80,7 @@ def main() -> None:
     run(MoEConfig(experts=4, top_k=2, encoder_freq=1))
     run(MoEConfig(experts=4, top_k=1, encoder_freq=1, capacity_factor=1.0))
     run(MoEConfig(experts=4, top_k=2, encoder_freq=1, dropless=True))
+    run(MoEConfig(experts=4, top_k=1, encoder_freq=1, capacity_rule="fairseq"), padded=(37, 80, 23, 41))
     dist.barrier()
     if dist.get_rank() == 0:
         print("OK")

@@ -1,0 +1,96 @@
+"""Read a Transformers checkpoint directory: config.json, weights, NLLB tokenizer files.
+
+Every problem is a UserError naming the file and the fix; nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from nmt.errors import UserError
+from nmt.interop.hf_tokenizer import SPM_FILE
+
+NLLB_DEFAULT_CODES_NOTE = "Transformers' NLLB default list (FAIRSEQ_LANGUAGE_CODES)"
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; pass a Transformers model directory (save_pretrained output)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or not JSON ({str(e)[:120]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return data
+
+
+def read_weights(hf_dir: Path) -> dict[str, Tensor]:
+    """``model.safetensors`` or ``pytorch_model.bin`` (loaded with ``weights_only=True``)."""
+    st, bin_ = hf_dir / "model.safetensors", hf_dir / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(st))
+        if bin_.is_file():
+            state = torch.load(bin_, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]
+            if not isinstance(state, dict):
+                raise UserError(f"{bin_} holds no state dict")
+            return state
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign file
+        raise UserError(f"the weights in {hf_dir} cannot be read ({str(e).splitlines()[0][:160]})") from None
+    sharded = list(hf_dir.glob("*.index.json"))
+    hint = " (sharded weights: merge them with save_pretrained(max_shard_size='100GB') first)" if sharded else ""
+    raise UserError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin{hint}")
+
+
+def read_spm(hf_dir: Path) -> bytes:
+    path = hf_dir / SPM_FILE
+    if not path.is_file():
+        extra = " (an M2M-100 tokenizer: vocab.json is not supported yet)" if (hf_dir / "vocab.json").is_file() else ""
+        raise UserError(f"{path} is missing{extra}; the import needs the NLLB tokenizer files (copy "
+                        f"sentencepiece.bpe.model and tokenizer.json from the model's repository)")
+    return path.read_bytes()
+
+
+def read_codes(hf_dir: Path, n_pieces: int) -> tuple[list[str], bool, str]:
+    """The language codes in id order (ids ``n_pieces + 1`` …), whether ``<mask>`` follows them, and
+    where they came from: ``tokenizer.json``'s added tokens, else ``tokenizer_config.json``'s
+    ``added_tokens_decoder``, else the NLLB default list."""
+    first = n_pieces + 1  # fairseq id of the first token after the pieces
+    added: dict[int, str] = {}
+    source = ""
+    tj, tc = hf_dir / "tokenizer.json", hf_dir / "tokenizer_config.json"
+    if tj.is_file():
+        added = {int(t["id"]): t["content"] for t in read_json(tj).get("added_tokens") or []}
+        source = tj.name
+    elif tc.is_file() and read_json(tc).get("added_tokens_decoder"):
+        added = {int(i): t["content"] for i, t in read_json(tc)["added_tokens_decoder"].items()}
+        source = tc.name
+    if not added:
+        from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+        return list(FAIRSEQ_LANGUAGE_CODES), True, NLLB_DEFAULT_CODES_NOTE
+    tail = [added[i] for i in sorted(added) if i >= first]
+    ids = sorted(i for i in added if i >= first)
+    if ids != list(range(first, first + len(ids))):
+        raise UserError(f"{hf_dir / source}: the added tokens after the {n_pieces} pieces are not contiguous "
+                        f"(ids {ids[:3]}…); this is not an NLLB tokenizer layout")
+    has_mask = bool(tail) and tail[-1] == "<mask>"
+    codes = tail[:-1] if has_mask else tail
+    return codes, has_mask, source
+
+
+def source_convention(hf_dir: Path) -> str:
+    tc = hf_dir / "tokenizer_config.json"
+    legacy = bool(read_json(tc).get("legacy_behaviour", False)) if tc.is_file() else False
+    return "legacy" if legacy else "tag_first"
