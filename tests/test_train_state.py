@@ -36,7 +36,8 @@ def test_state_dict_round_trip_drops_what_is_not_saved():
 def test_extra_state_keys_and_round_trip():
     rng = [{"torch": torch.get_rng_state()}, {"torch": torch.get_rng_state()}]
     extra = ExtraState(TrainState(step=3, best_valid=2.0, best_step=3), {"epoch": 1}, rng, {"a": 1},
-                       ["eng_Latn-fra_Latn"], {"path": "/r/spm.model", "sha256": "ab"})
+                       ["eng_Latn-fra_Latn"], languages=["eng_Latn", "fra_Latn"],
+                       tokenizer={"path": "/r/spm.model", "sha256": "ab"})
     d = extra.state_dict()
     assert sorted(d) == sorted(["step", "best_valid", "best_step", "skipped_updates", "loader", "rng",
                                 "rng_per_rank", "world_size", "config", "directions", "languages", "tokenizer"])
@@ -44,6 +45,7 @@ def test_extra_state_keys_and_round_trip():
     back = ExtraState.from_state_dict(d)
     assert back.train.step == 3 and back.loader == {"epoch": 1} and len(back.rng_per_rank) == 2
     assert back.directions == ["eng_Latn-fra_Latn"] and back.tokenizer["sha256"] == "ab"
+    assert back.languages == ["eng_Latn", "fra_Latn"]
 
 
 def test_an_older_checkpoint_without_rng_per_rank_reads_its_single_rng():
