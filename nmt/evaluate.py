@@ -232,12 +232,9 @@ def _translator(cfg: EvalConfig):
     if not Path(ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
         raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=): pass a .pt checkpoint, a .dcp "
                         f"checkpoint directory or an export directory (python -m nmt.export)")
-    device = cfg.device
-    if device == "auto":
-        import torch
+    from nmt.device import resolve_device  # torch is needed in ckpt mode only
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_translator(cfg.backend, ckpt, device, cfg.moe)
+    return load_translator(cfg.backend, ckpt, resolve_device(cfg.device).type, cfg.moe)
 
 
 def evaluate(cfg: EvalConfig) -> dict:

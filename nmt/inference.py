@@ -26,6 +26,7 @@ import torch
 from nmt.config import EvalConfig, ModelConfig, saved_model_config
 from nmt.data.batching import source_sequence
 from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
+from nmt.device import resolve_device
 from nmt.errors import UserError
 from nmt.eval.search import beam_search
 from nmt.fileio import sha256_file
@@ -268,10 +269,7 @@ class Translator:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", moe=None) -> Translator:
         """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`);
         ``moe``: a :class:`nmt.moe_tools.options.MoEServeConfig` (dispatch mode, expert buffering)."""
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but no CUDA device is visible; use device=cpu or auto")
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = resolve_device(device)
         if moe is None or not moe.active:
             ckpt = load_inference_checkpoint(path)
             model = ckpt.build_model()
