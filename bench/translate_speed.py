@@ -100,9 +100,8 @@ def demo_inputs(run: Path, n: int) -> tuple[Path, list[str], str, str]:
 
 def exports(ckpt: Path, root: Path) -> dict[str, Path]:
     """The Transformers export and its CTranslate2 conversions (float32, int8)."""
-    from nmt.interop.hf_export import export_hf
-
     from nmt.interop.ct2 import convert_hf_dir
+    from nmt.interop.hf_export import export_hf
 
     export_hf(ckpt, root / "hf")
     out = {"transformers": root / "hf"}
