@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.train_throughput import cpu_info, log
+from bench.machine import cpu_info, log
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("ours_fp32", "ours_bf16", "transformers", "ct2_float32", "ct2_int8")
