@@ -97,7 +97,7 @@ def maps(ours_dir: Path):
 
     ck = load_inference_checkpoint(ours_dir)
     src = json.loads((ours_dir / "config.json").read_text())["source"]["hf"]
-    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"])
+    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"], src.get("spares"))
     fid = torch.tensor(layout.fairseq_id)
     inv = torch.full((src["embedding_rows"],), -1)  # fairseq id -> ours (-1: a row nmt drops)
     inv[fid[fid >= 0]] = torch.nonzero(fid >= 0).squeeze(1)
