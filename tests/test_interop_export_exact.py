@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _fixtures_hf import assert_generate_ids, ban_after_tag
 from conftest import dict_sentences, render
 from nmt.eval.search import beam_search
 from nmt.export import main as export_main
@@ -64,18 +65,6 @@ def test_transformers_log_probabilities_are_ours(exported):
     assert diff < 1e-5, diff  # the same normaliser: no row missing, none added
 
 
-class _Ban(transformers.LogitsProcessor if transformers else object):  # type: ignore[misc]
-    """What nmt's Translator bans (<s>, <pad>, every tag slot: codes, spares, <mask>), after the forced code."""
-
-    def __init__(self, ids: list[int]):
-        self.ids = ids
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] >= 2:
-            scores[:, self.ids] = float("-inf")
-        return scores
-
-
 def test_beam_search_gives_generate_ids(exported):
     _, ck, fid, hf = exported
     tok, ours = ck.tokenizer, ck.build_model().float().eval()
@@ -92,13 +81,7 @@ def test_beam_search_gives_generate_ids(exported):
     finally:
         with torch.no_grad():
             hf.model.shared.weight[2] /= SCALE
-    ends = 0
-    for row, hyp in zip(gen.tolist(), hyps, strict=True):
-        assert row[:2] == [2, int(fid[fra])]
-        theirs = [t for t in row[2:] if t != 1]
-        ended = bool(theirs) and theirs[-1] == 2
-        assert [int(fid[t]) for t in hyp] == (theirs[:-1] if ended else theirs)
-        ends += ended
+    ends = sum(assert_generate_ids(gen, hyps, fid, int(fid[fra])))
     assert 3 <= ends <= len(lines) - 3, ends  # both kinds of ending are compared
 
 
@@ -109,7 +92,7 @@ def _both(hf, ours, srcs, ids, fid, banned):
         gen = hf.generate(input_ids=src_hf, attention_mask=src.ne(0).long(), num_beams=4,
                           forced_bos_token_id=int(fid[fra]), max_new_tokens=LIMIT + 1, length_penalty=1.0,
                           early_stopping=True, do_sample=False,
-                          logits_processor=transformers.LogitsProcessorList([_Ban([1, *fid[banned].tolist()])]))
+                          logits_processor=ban_after_tag([1, *fid[banned].tolist()]))
         hyps = beam_search(ours, src, torch.full((src.shape[0],), fra), eos=eos, beam=4, lenpen=1.0,
                            max_len_a=0, max_len_b=LIMIT, banned=banned, length_convention="hf")
     return gen, hyps
@@ -126,3 +109,14 @@ def test_import_of_the_export_is_the_identical_model(exported, tmp_path):
     want, got = ck.build_model().float().state_dict(), back.build_model().state_dict()
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+
+
+def test_a_language_in_a_spare_slot_is_refused_not_exported_as_a_spare(smoke_run, tmp_path):
+    from nmt.errors import UserError
+    from nmt.interop.hf_export import export_hf
+    from nmt.vocab.add_language import AddLanguage, add_language
+
+    add_language(AddLanguage(smoke_run / "checkpoints" / "best.pt", tmp_path / "more", "xxx_Latn"))
+    with pytest.raises(UserError, match=r"spare tag slots \(xxx_Latn, added by nmt.vocab add-language\)"):
+        export_hf(tmp_path / "more", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

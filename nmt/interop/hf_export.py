@@ -84,6 +84,11 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
     ck = load_inference_checkpoint(src)
     cfg = saved_model_config(ck.model_config)
     _refuse_unmappable(cfg, src)
+    added = ck.tokenizer.added_languages()
+    if added:  # their codes are not Flores-200: the import could not give them back their slots
+        raise UserError(f"{src} has languages in spare tag slots ({', '.join(sorted(added))}, added by nmt.vocab "
+                        f"add-language); the Transformers export does not carry them yet: export a checkpoint "
+                        f"without them, or use --format nmt")
     state = ck.build_model().state_dict()
     hf_info = (ck.info.get("source") or {}).get("hf") or {}
     codes = list(hf_info.get("codes") or FLORES200)
