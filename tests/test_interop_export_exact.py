@@ -120,3 +120,30 @@ def test_a_language_in_a_spare_slot_is_refused_not_exported_as_a_spare(smoke_run
     with pytest.raises(UserError, match=r"spare tag slots \(xxx_Latn, added by nmt.vocab add-language\)"):
         export_hf(tmp_path / "more", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_layout_with_spares_by_hand():
+    from nmt.interop.vocab_layout import FIRST_PIECE
+
+    layout = make_layout(FIRST_PIECE + 5, ["fra_Latn", "eng_Latn"], True, spare_tokens()[:-1])
+    fid = layout.fairseq_id
+    assert fid[:4] == (1, 3, 0, 2) and fid[FIRST_PIECE:] == (4, 5, 6, 7, 8)  # specials, 5 pieces
+    tag = {c: 4 + FLORES200.index(c) for c in ("fra_Latn", "eng_Latn", "deu_Latn")}
+    assert (fid[tag["fra_Latn"]], fid[tag["eng_Latn"]], fid[tag["deu_Latn"]]) == (9, 10, -1)
+    spare0 = 4 + len(FLORES200)
+    assert fid[spare0] == 11 and fid[spare0 + 50] == 61 and fid[spare0 + 51] == 62  # __spare51__ is <mask>
+    assert layout.fairseq_size == 63 and not layout.is_permutation  # 202 Flores tags have no row
+
+
+def test_spare_tokens_in_another_layout_are_refused(tmp_path):
+    from nmt.errors import UserError
+    from nmt.interop.hf_import import _split_spares
+
+    spares = spare_tokens()[:-1]
+    assert _split_spares(["eng_Latn", *spares], True, tmp_path) == (["eng_Latn"], spares)
+    with pytest.raises(UserError, match="must follow the language codes"):
+        _split_spares([spares[0], "eng_Latn", *spares[1:]], True, tmp_path)
+    with pytest.raises(UserError, match="precede <mask>"):
+        _split_spares(["eng_Latn", *spares], False, tmp_path)
+    with pytest.raises(UserError, match="spare slots less one"):
+        make_layout(4 + len(FLORES200) + len(spare_tokens()) + 3, ["eng_Latn"], True, spares[:-1])

@@ -5,6 +5,9 @@ Ours (docs/architecture.md): ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2, ``</s>`` 3, th
 imported vocabulary has one. Fairseq/NLLB: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3,
 SentencePiece piece k (k ≥ 3) at k + 1, then the language codes, then ``<mask>``.
 
+An hf export of a model trained here also keeps our spare tag slots (``__spareN__``, after
+the codes) and makes the last one the fairseq ``<mask>``: its rows are exactly ours, permuted.
+
 :class:`Layout` holds one map, ``fairseq_id[i]`` for every internal id i (-1: a row the
 fairseq side does not have, i.e. tags of languages it lacks). :meth:`Layout.to_internal` and
 :meth:`Layout.to_fairseq_layout` permute embedding rows with it, in the two directions.
