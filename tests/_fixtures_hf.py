@@ -97,7 +97,7 @@ def maps(ours_dir: Path):
 
     ck = load_inference_checkpoint(ours_dir)
     src = json.loads((ours_dir / "config.json").read_text())["source"]["hf"]
-    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"])
+    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"], src.get("spares"))
     fid = torch.tensor(layout.fairseq_id)
     inv = torch.full((src["embedding_rows"],), -1)  # fairseq id -> ours (-1: a row nmt drops)
     inv[fid[fid >= 0]] = torch.nonzero(fid >= 0).squeeze(1)
@@ -109,3 +109,29 @@ def hf_model(hf_dir: Path, **kw):
 
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(hf_dir)).eval()
     return model, transformers.AutoTokenizer.from_pretrained(str(hf_dir), **kw)
+
+
+def ban_after_tag(ids: list[int]):
+    """Logits processors for ``generate`` that ban ``ids`` after the forced code, as nmt's
+    Translator bans ``<s>``, ``<pad>`` and the tags."""
+    import transformers
+
+    class _Ban(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] >= 2:
+                scores[:, ids] = float("-inf")
+            return scores
+
+    return transformers.LogitsProcessorList([_Ban()])
+
+
+def assert_generate_ids(gen: torch.Tensor, hyps: list[list[int]], fid: torch.Tensor, code: int) -> list[bool]:
+    """Every ``generate`` row is ``</s> code`` then nmt's hypothesis (our ids mapped by ``fid``),
+    ended by ``</s>`` or cut at the limit; returns which rows ended with ``</s>``."""
+    ended = []
+    for row, hyp in zip(gen.tolist(), hyps, strict=True):
+        assert row[:2] == [2, code]
+        theirs = [t for t in row[2:] if t != 1]
+        ended.append(bool(theirs) and theirs[-1] == 2)
+        assert [int(fid[t]) for t in hyp] == (theirs[:-1] if ended[-1] else theirs)
+    return ended

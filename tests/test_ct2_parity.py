@@ -8,14 +8,20 @@ Every differing line must be explained:
   (nmt/interop/ct2_translate.py);
 - ``model``: the converted model (``score_batch``) scores these hypotheses differently from
   our model, so the two beams see different scores: the export differs, not the search
-  settings. Measured on a trial merge: the Transformers export drops
-  our 52 spare tag rows and adds a zero ``<mask>`` row, which changes every softmax
-  normaliser (0.01 nats/token on the smoke model).
+  settings. The hf export keeps every row of ours (the spare tag slots, the last as
+  ``<mask>``), so none is allowed: such a line fails the test, named as ``model``;
+- ``search``: both models score both hypotheses alike and CTranslate2's scores *better* under
+  our model: its beam finished a hypothesis ours never did. CTranslate2 ranks and prunes by
+  (tag + tokens + ``</s>``) ** lenpen during the search, ours by (tokens + ``</s>``), and both
+  stop once ``beam`` hypotheses have finished, so the finished sets can differ; re-ranking
+  with ours (nmt/interop/ct2_translate.py) cannot recover one CTranslate2 never finished.
+  Measured: 1 of the 160 lines (a one-piece output where CTranslate2 also finished the
+  two-piece repetition, which scores better under ours).
 
-At most 1% of the lines may differ as ties; ``limit`` and ``model`` differences (by design /
-the export's, not the backend's) are bounded at 5% each so a regression still shows; every
-difference is printed. The model is the smoke model trained for 400 steps (60 leave most
-outputs degenerate and at the length limit).
+A CTranslate2 output that scores *worse* under both models is unexplained (a bug). At most 1%
+of the lines may differ as ties, 2% as ``search``; ``limit`` differences (by design) are
+bounded at 5% so a regression still shows; every difference is printed. The model is the
+smoke model trained for 400 steps (60 leave most outputs degenerate and at the length limit).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ def _ct2_score(ct2, line: str, src: str, tgt: str, pieces: list[str]) -> float:
 
 
 def _explain(ours, ct2, sp, line: str, src: str, tgt: str, ct2_pieces: list[str], max_len: int) -> str:
-    """Why the two outputs for ``line`` differ ("tie", "limit" or "model"), or "" when unexplained."""
+    """Why the two outputs for ``line`` differ ("tie", "limit", "model" or "search"), or "" when unexplained."""
     import torch
 
     from nmt.eval.search import beam_search
@@ -79,8 +85,9 @@ def _explain(ours, ct2, sp, line: str, src: str, tgt: str, ct2_pieces: list[str]
         return "tie"
     ours_pieces = [sp.id_to_piece(i) for i in ours_ids]
     c_ours, c_ct2 = (_ct2_score(ct2, line, src, tgt, p) for p in (ours_pieces, ct2_pieces))
-    # the converted model scores the same hypotheses differently from ours: its beams differ
-    return "model" if max(abs(c_ours - a), abs(c_ct2 - b)) > TIE else ""
+    if max(abs(c_ours - a), abs(c_ct2 - b)) > TIE:  # the converted model scores them differently
+        return "model"
+    return "search" if b > a else ""  # CTranslate2 found a better hypothesis under our own model
 
 
 @pytest.fixture(scope="module")
@@ -119,5 +126,5 @@ def test_ct2_float32_gives_our_beam4_translations(trained_run, prepared_corpus, 
             (explained if why else unexplained).append((f"{src}-{tgt}:{i + 1}", why, w, g))
     print(f"{total} lines, {len(explained)} differ, explained: {explained}")
     assert not unexplained, unexplained
-    for why, bound in (("tie", total // 100), ("limit", total // 20), ("model", total // 20)):
+    for why, bound in (("tie", total // 100), ("limit", total // 20), ("model", 0), ("search", total // 50)):
         assert len([e for e in explained if e[1] == why]) <= bound, (why, explained)

@@ -2,8 +2,10 @@
 
 The model is the 60-step smoke run on the tiny test corpus (a unigram vocabulary made by
 data_prep.train_spm); Transformers must load the export with no custom code and compute the
-same logits (fp32, max abs 1e-4) on a padded batch of mixed lengths, and its tokenizer must
-give the ids ours gives (permuted to the fairseq layout).
+same logits (fp32, max abs 1e-4) over exactly our rows, permuted (the spare tag slots kept, the
+last one being ``<mask>``), on a padded batch of mixed lengths, and its tokenizer must give the
+ids ours gives (permuted to the fairseq layout). Exactness (log-probabilities, beam search,
+the round trip) is tests/test_interop_export_exact.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from nmt.export import main as export_main
 from nmt.inference import load_inference_checkpoint
-from nmt.interop.vocab_layout import make_layout, spm_to_fairseq
+from nmt.interop.vocab_layout import make_layout, spare_tokens, spm_to_fairseq
 from nmt.langs import FLORES200
 
 transformers = pytest.importorskip("transformers")
@@ -33,7 +35,7 @@ def hf_export(smoke_run, tmp_path_factory):
 
 def _layout(ck):
     _, has_mask = spm_to_fairseq(ck.tokenizer.path.read_bytes(), "spm")
-    return make_layout(ck.tokenizer.vocab_size, list(FLORES200), has_mask)
+    return make_layout(ck.tokenizer.vocab_size, list(FLORES200), has_mask, spare_tokens()[:-1])
 
 
 def test_transformers_loads_the_export_and_computes_our_logits(smoke_run, hf_export):
@@ -58,16 +60,14 @@ def test_transformers_loads_the_export_and_computes_our_logits(smoke_run, hf_exp
     with torch.no_grad():
         logits, _ = ours(s_ours, p_ours)
         theirs = hf(input_ids=fid[s_ours], attention_mask=s_ours.ne(0).long(), decoder_input_ids=fid[p_ours]).logits
-    known = fid >= 0
-    mask = p_ours.ne(0)
-    diff = (logits[..., known] - theirs[..., fid[known]])[mask].abs().max().item()
+    assert layout.is_permutation and theirs.shape[-1] == len(fid)  # every row ours, no other row
+    diff = (logits - theirs[..., fid])[p_ours.ne(0)].abs().max().item()
     assert diff < 1e-4, diff
-    assert theirs.shape[-1] == layout.fairseq_size + 1  # + the <mask> row Transformers' tokenizer needs
 
 
 def test_transformers_tokenizer_gives_our_ids(smoke_run, hf_export):
     ck = load_inference_checkpoint(smoke_run / "checkpoints" / "best.pt")
-    fid = make_layout(ck.tokenizer.vocab_size, list(FLORES200), False).fairseq_id
+    fid = _layout(ck).fairseq_id
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf_export))
     from _fixtures_spm import sentences
     from conftest import dict_sentences, render
@@ -80,3 +80,8 @@ def test_transformers_tokenizer_gives_our_ids(smoke_run, hf_export):
     eng = fid[ck.tokenizer.lang_id("eng_Latn")]
     assert hf_tok.convert_tokens_to_ids("eng_Latn") == eng
     assert hf_tok(LINES[0])["input_ids"] == [eng, *(fid[i] for i in ck.tokenizer.encode(LINES[0])), 2]
+    spare0 = 4 + len(FLORES200)  # our tag block: the Flores-200 tags, then the spare slots
+    last = spare0 + len(spare_tokens()) - 1  # the last spare slot is Transformers' <mask>
+    assert ck.tokenizer.id_to_piece(spare0) == "__spare0__"
+    assert hf_tok.convert_tokens_to_ids(["__spare0__", "<mask>"]) == [fid[spare0], fid[last]]
+    assert {"__spare0__", "<mask>"} <= set(hf_tok.all_special_tokens)  # never text

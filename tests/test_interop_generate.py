@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _fixtures_hf import build_m2m100, hf_model, maps, text_lines
+from _fixtures_hf import assert_generate_ids, ban_after_tag, build_m2m100, hf_model, maps, text_lines
 from nmt.eval.search import beam_search
 from nmt.import_hf import main as import_main
 
@@ -51,18 +51,6 @@ def test_absent_rows_are_recorded_and_take_no_mass(imported):
     assert diff < 1e-4, diff  # the same distribution, normaliser included
 
 
-class _Ban(transformers.LogitsProcessor if transformers else object):  # type: ignore[misc]
-    """What nmt's Translator bans (<s>, <pad>, every language code), after the forced code."""
-
-    def __init__(self, ids: list[int]):
-        self.ids = ids
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] >= 2:
-            scores[:, self.ids] = float("-inf")
-        return scores
-
-
 @pytest.mark.parametrize("lenpen", [1.0, 0.0])
 def test_beam_search_gives_generate_ids(imported, lenpen):
     ck, fid, inv, model, tok = imported
@@ -79,7 +67,7 @@ def test_beam_search_gives_generate_ids(imported, lenpen):
         with torch.no_grad():
             gen = model.generate(**enc, num_beams=4, forced_bos_token_id=fra, max_new_tokens=LIMIT + 1,
                                  length_penalty=lenpen, early_stopping=True, do_sample=False,
-                                 logits_processor=transformers.LogitsProcessorList([_Ban(banned_hf)]))
+                                 logits_processor=ban_after_tag(banned_hf))
         src = inv[enc["input_ids"]]
         src[enc["attention_mask"] == 0] = 0
         hyps = beam_search(ours, src, torch.full((len(lines),), ck.tokenizer.lang_id("fra_Latn")),
@@ -88,14 +76,9 @@ def test_beam_search_gives_generate_ids(imported, lenpen):
     finally:
         with torch.no_grad():
             model.model.shared.weight[2] /= SCALE
-    at_limit = 0
-    for row, hyp in zip(gen.tolist(), hyps, strict=True):
-        assert row[:2] == [2, fra]
-        theirs = [t for t in row[2:] if t != 1]
-        ended = bool(theirs) and theirs[-1] == 2
-        assert [int(fid[t]) for t in hyp] == (theirs[:-1] if ended else theirs)
-        at_limit += not ended
-        assert ended or len(hyp) == LIMIT
+    ended = assert_generate_ids(gen, hyps, fid, fra)
+    assert all(e or len(h) == LIMIT for e, h in zip(ended, hyps, strict=True))
+    at_limit = ended.count(False)
     assert 3 <= at_limit <= len(lines) - 10, at_limit  # both kinds of ending are compared
 
 

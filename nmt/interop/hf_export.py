@@ -18,7 +18,7 @@ from nmt.errors import UserError
 from nmt.fileio import atomic_dir
 from nmt.interop.hf_tokenizer import write_hf_tokenizer
 from nmt.interop.state_map import NLLB_MOE_NAMES, moe_ffn_to_hf, ours_to_hf
-from nmt.interop.vocab_layout import make_layout, spm_to_fairseq
+from nmt.interop.vocab_layout import make_layout, spare_tokens, spm_to_fairseq
 from nmt.langs import FLORES200
 
 MARKER = "nmt_export"  # key in config.json that marks a directory this exporter wrote
@@ -84,13 +84,19 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
     ck = load_inference_checkpoint(src)
     cfg = saved_model_config(ck.model_config)
     _refuse_unmappable(cfg, src)
+    added = ck.tokenizer.added_languages()
+    if added:  # their codes are not Flores-200: the import could not give them back their slots
+        raise UserError(f"{src} has languages in spare tag slots ({', '.join(sorted(added))}, added by nmt.vocab "
+                        f"add-language); the Transformers export does not carry them yet: export a checkpoint "
+                        f"without them, or use --format nmt")
     state = ck.build_model().state_dict()
     hf_info = (ck.info.get("source") or {}).get("hf") or {}
     codes = list(hf_info.get("codes") or FLORES200)
     fs_spm, has_mask = spm_to_fairseq(ck.tokenizer.path.read_bytes(), str(ck.tokenizer.path))
-    layout = make_layout(ck.tokenizer.vocab_size, codes, has_mask)
+    spares = _exported_spares(hf_info, has_mask)
+    layout = make_layout(ck.tokenizer.vocab_size, codes, has_mask, spares)
     emb = layout.to_fairseq_layout(state["embed.weight"].float())
-    if not has_mask:  # Transformers' NLLB tokenizer always has <mask>: a zero row, like our <pad> row
+    if not layout.has_mask:  # Transformers' NLLB tokenizer always has <mask>: a zero row, like our <pad> row
         emb = torch.cat([emb, emb.new_zeros(1, emb.shape[1])])
     state = {**state, "embed.weight": emb}
     moe = cfg.get("moe") or {}
@@ -113,15 +119,25 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
                            num_beams=int(eval_cfg.get("beam", 4)), length_penalty=float(eval_cfg.get("lenpen", 1.0)),
                            max_length=cfg["max_positions"], early_stopping=True)  # nmt's stopping rule
     model.generation_config = gen
-    setattr(model.config, MARKER, {"source": str(src.resolve()), "codes": codes,
+    setattr(model.config, MARKER, {"source": str(src.resolve()), "codes": codes, "spares": spares,
                                      "source_convention": cfg.get("source_convention")})
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
-        write_hf_tokenizer(tmp, fs_spm, codes, legacy)
+        write_hf_tokenizer(tmp, fs_spm, codes, legacy, spares)
     print(f"wrote {out}/ (Transformers {type(model).__name__}, {emb.shape[0]} ids, {len(codes)} language codes); "
           f"load it with AutoModelForSeq2SeqLM.from_pretrained and generate with "
           f"forced_bos_token_id=<target code id>", flush=True)
     return json.loads((out / "config.json").read_text(encoding="utf-8"))
+
+
+def _exported_spares(hf_info: dict, has_mask: bool) -> list[str]:
+    """The spare tag slots the export keeps as tokens after the codes. A model trained here keeps
+    all but the last, which becomes Transformers' ``<mask>``: the export's rows are exactly ours,
+    permuted (docs/interop.md). An import keeps what it came with (none for NLLB, whose
+    ``<mask>`` is a real row and whose absent rows are ``model.absent_ids``)."""
+    if hf_info:
+        return list(hf_info.get("spares") or [])
+    return [] if has_mask else spare_tokens()[:-1]
 
 
 def _is_earlier_hf_export(out: Path) -> bool:

@@ -26,7 +26,7 @@ from nmt.interop.state_map import (
     hf_to_ours,
     moe_ffn_to_ours,
 )
-from nmt.interop.vocab_layout import make_layout, spm_pb2, spm_to_internal
+from nmt.interop.vocab_layout import SPARE, make_layout, spm_pb2, spm_to_internal
 
 ARCHITECTURES = {"m2m_100": "dense", "nllb-moe": "moe"}
 # config.json keys whose value must be this for the computation to be ours (key -> (allowed, why))
@@ -105,6 +105,17 @@ def _embedding_rows(state: dict, expected: int, where: Path) -> int:
     return rows
 
 
+def _split_spares(tail: list[str], has_mask: bool, where: Path) -> tuple[list[str], list[str]]:
+    """The language codes and the spare tag tokens (``__spareN__``: an hf export of a model trained
+    by nmt, whose ``<mask>`` is its last spare slot) among the added tokens after the pieces."""
+    spares = [t for t in tail if SPARE.match(t)]
+    codes = tail[: len(tail) - len(spares)]
+    if spares and (tail[len(codes):] != spares or not has_mask):
+        raise UserError(f"{where}: the spare tag tokens (__spareN__) must follow the language codes and precede "
+                        f"<mask>, as nmt.export --format hf writes them; this tokenizer has another layout")
+    return codes, spares
+
+
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Convert ``hf_dir`` into an nmt export in ``out_dir``; returns its config.json object."""
     from nmt.export import check_out_dir, tensors_for_safetensors, write_export_dir
@@ -124,11 +135,12 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     except Exception:  # noqa: BLE001 - protobuf DecodeError
         raise UserError(f"{src / hf_read.SPM_FILE} is not a SentencePiece model") from None
     n_pieces = len(proto.pieces)
-    codes, has_mask, codes_from = hf_read.read_codes(src, n_pieces)
+    tail, has_mask, codes_from = hf_read.read_codes(src, n_pieces)
+    codes, spares = _split_spares(tail, has_mask, src / codes_from)
     convention = hf_read.source_convention(src)
-    ours_spm = spm_to_internal(spm_bytes, has_mask, str(src / hf_read.SPM_FILE))
+    ours_spm = spm_to_internal(spm_bytes, has_mask and not spares, str(src / hf_read.SPM_FILE))
     n_internal = len(spm_pb2.ModelProto.FromString(ours_spm).pieces)
-    layout = make_layout(n_internal, codes, has_mask)
+    layout = make_layout(n_internal, codes, has_mask, spares)
 
     hf_state = hf_read.read_weights(src)
     bias = hf_state.pop("final_logits_bias", None)
@@ -157,7 +169,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
         "source": {"kind": "hf", "checkpoint": str(src.resolve()), "step": None,
                    "hf": {"model_type": hf_cfg.get("model_type"), "architectures": hf_cfg.get("architectures"),
                           "tokenizer": "nllb", "codes": codes, "codes_from": codes_from, "mask": has_mask,
-                          "source_convention": convention, "embedding_rows": rows,
+                          "spares": spares, "source_convention": convention, "embedding_rows": rows,
                           "unused_rows_dropped": rows - layout.fairseq_size}},
     }
     with tempfile.TemporaryDirectory() as tmp:

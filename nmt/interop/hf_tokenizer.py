@@ -24,8 +24,10 @@ def spm_kind(spm_bytes: bytes) -> str:
                                                                                          "other")
 
 
-def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bool) -> None:
-    """``sentencepiece.bpe.model``, ``tokenizer.json`` and ``tokenizer_config.json`` in ``out``.
+def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bool,
+                       spares: list[str] | None = None) -> None:
+    """``sentencepiece.bpe.model``, ``tokenizer.json`` and ``tokenizer_config.json`` in ``out``;
+    ``spares`` (a model trained here: ``__spareN__``) follow the codes as special tokens.
 
     Transformers 5's ``NllbTokenizer`` always runs a BPE model; a unigram vocabulary (the
     ones ``data_prep.train_spm`` trains) gets a Unigram ``tokenizer.json`` loaded by the generic
@@ -33,6 +35,7 @@ def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bo
     from tokenizers import models
     from transformers import NllbTokenizer
 
+    tail = [*codes, *(spares or [])]
     (out / SPM_FILE).write_bytes(spm_bytes)
     kind = spm_kind(spm_bytes)
     if kind not in ("bpe", "unigram"):
@@ -40,7 +43,7 @@ def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bo
                         f"reads BPE (and nmt writes unigram as a plain fast tokenizer): nothing else is supported")
     with tempfile.TemporaryDirectory() as tmp:  # from_pretrained sees only the spm: no stale tokenizer.json
         (Path(tmp) / SPM_FILE).write_bytes(spm_bytes)
-        tok = NllbTokenizer.from_pretrained(tmp, extra_special_tokens=list(codes), mask_token=None,
+        tok = NllbTokenizer.from_pretrained(tmp, extra_special_tokens=tail, mask_token=None,
                                             legacy_behaviour=legacy, src_lang=_default_src(codes))
     tok.add_special_tokens({"mask_token": "<mask>"})  # after the codes, as in NLLB's vocabulary
     if kind == "unigram":
@@ -49,7 +52,7 @@ def write_hf_tokenizer(out: Path, spm_bytes: bytes, codes: list[str], legacy: bo
         vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
         vocab += [(p.piece, p.score) for p in m.pieces[3:]]
         tok._tokenizer.model = models.Unigram(vocab, 3, m.trainer_spec.byte_fallback)
-    check_layout(tok, spm_bytes, codes)
+    check_layout(tok, spm_bytes, tail)
     tok.save_pretrained(str(out))
     (out / SPM_FILE).write_bytes(spm_bytes)
     if kind == "unigram":
@@ -70,7 +73,8 @@ def _use_generic_class(out: Path) -> None:
 
 
 def check_layout(tok, spm_bytes: bytes, codes: list[str]) -> None:
-    """Assert the fairseq layout: specials 0–3, piece k → k + 1, the codes, then ``<mask>``."""
+    """Assert the fairseq layout: specials 0–3, piece k → k + 1, the codes (and spare tokens),
+    then ``<mask>``."""
     m = spm_pb2.ModelProto()
     m.ParseFromString(spm_bytes)
     n = len(m.pieces) + 1

@@ -5,6 +5,9 @@ Ours (docs/architecture.md): ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2, ``</s>`` 3, th
 imported vocabulary has one. Fairseq/NLLB: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3,
 SentencePiece piece k (k ≥ 3) at k + 1, then the language codes, then ``<mask>``.
 
+An hf export of a model trained here also keeps our spare tag slots (``__spareN__``, after
+the codes) and makes the last one the fairseq ``<mask>``: its rows are exactly ours, permuted.
+
 :class:`Layout` holds one map, ``fairseq_id[i]`` for every internal id i (-1: a row the
 fairseq side does not have, i.e. tags of languages it lacks). :meth:`Layout.to_internal` and
 :meth:`Layout.to_fairseq_layout` permute embedding rows with it, in the two directions.
@@ -12,6 +15,7 @@ fairseq side does not have, i.e. tags of languages it lacks). :meth:`Layout.to_i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,7 @@ import torch
 from sentencepiece import sentencepiece_model_pb2 as _spm_pb2
 
 from nmt.errors import UserError
-from nmt.langs import FLORES200, all_tag_tokens
+from nmt.langs import FLORES200, all_tag_tokens, lang_tag
 
 spm_pb2: Any = _spm_pb2  # generated protobuf module (no type stubs)
 Piece: Any = spm_pb2.ModelProto.SentencePiece
@@ -27,26 +31,31 @@ FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq ids 0..3
 OUR_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")  # our ids 0..3
 SPM_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0..2 of an NLLB sentencepiece.bpe.model
 MASK = "<mask>"
+SPARE = re.compile(r"^__spare\d+__$")  # a spare tag slot (a model trained here)
 N_TAGS = len(all_tag_tokens())
 FIRST_PIECE = 4 + N_TAGS  # our id of the first sentence piece
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Row map between our ids and fairseq ids; ``codes`` are the fairseq side's language codes
-    (Flores-200, in fairseq order); ``has_mask``: the fairseq side ends with ``<mask>``."""
+    """Row map between our ids and fairseq ids. The fairseq side has ``n_pieces`` pieces, then
+    ``codes`` (Flores-200 language codes, in fairseq order), then ``spares`` (our spare tag slots
+    a model trained here exports, ``__spareN__``), then ``<mask>`` when ``has_mask``."""
 
     fairseq_id: tuple[int, ...]  # fairseq_id[our id] (or -1)
     codes: tuple[str, ...]
     has_mask: bool
+    n_pieces: int
+    spares: tuple[str, ...] = ()
 
     @property
     def fairseq_size(self) -> int:
-        return 4 + self.n_pieces + len(self.codes) + int(self.has_mask)
+        return 4 + self.n_pieces + len(self.codes) + len(self.spares) + int(self.has_mask)
 
     @property
-    def n_pieces(self) -> int:
-        return len(self.fairseq_id) - FIRST_PIECE - int(self.has_mask)
+    def is_permutation(self) -> bool:
+        """Every row on both sides (the export's softmax is ours, permuted)."""
+        return len(self.fairseq_id) == self.fairseq_size and min(self.fairseq_id) >= 0
 
     def to_internal(self, fairseq_rows: torch.Tensor) -> torch.Tensor:
         """Rows in our order. A tag row the fairseq side lacks gets the mean of the language-code
@@ -73,20 +82,44 @@ class Layout:
         return out
 
 
-def make_layout(n_internal: int, codes: list[str], has_mask: bool) -> Layout:
-    """The layout of an internal vocabulary of ``n_internal`` ids whose pieces follow the tags and
-    whose last id is ``<mask>`` when ``has_mask``; ``codes`` (Flores-200) become the fairseq codes."""
+def spare_tokens() -> list[str]:
+    """Our spare tag slots' pieces (``__spare0__`` …), in slot order."""
+    return [t for t in all_tag_tokens() if SPARE.match(t)]
+
+
+def make_layout(n_internal: int, codes: list[str], has_mask: bool, spares: list[str] | None = None) -> Layout:
+    """The layout of an internal vocabulary of ``n_internal`` ids whose pieces follow the tags;
+    ``codes`` (Flores-200) become the fairseq codes. ``spares`` (``__spareN__`` names, a model
+    trained here): those slots follow the codes and the one spare slot not listed becomes the
+    fairseq ``<mask>`` (``has_mask`` then says the fairseq side has it; our vocabulary has no
+    ``<mask>`` piece). Without ``spares``, ``has_mask`` means our last id is ``<mask>``."""
     unknown = [c for c in codes if c not in FLORES200]
     if unknown:
         raise UserError(f"language codes {', '.join(unknown[:5])} are not Flores-200 codes; nmt's tag slots "
                         f"hold Flores-200 languages only (see nmt.langs.FLORES200)")
-    n_pieces = n_internal - FIRST_PIECE - int(has_mask)
+    spares = list(spares or [])
+    mask_slot = _mask_slot(spares) if spares else None
+    own_mask = has_mask and mask_slot is None
+    n_pieces = n_internal - FIRST_PIECE - int(own_mask)
     fid = [1, 3, 0, 2] + [-1] * N_TAGS + [4 + k for k in range(n_pieces)]
-    for j, code in enumerate(codes):
-        fid[4 + FLORES200.index(code)] = 4 + n_pieces + j
-    if has_mask:
-        fid.append(4 + n_pieces + len(codes))
-    return Layout(tuple(fid), tuple(codes), has_mask)
+    tail = [lang_tag(c) for c in codes] + spares
+    slot = {t: 4 + i for i, t in enumerate(all_tag_tokens())}
+    for j, tag in enumerate(tail):
+        fid[slot[tag]] = 4 + n_pieces + j
+    if own_mask:
+        fid.append(4 + n_pieces + len(tail))
+    elif mask_slot is not None:
+        fid[slot[mask_slot]] = 4 + n_pieces + len(tail)
+    return Layout(tuple(fid), tuple(codes), has_mask or mask_slot is not None, n_pieces, tuple(spares))
+
+
+def _mask_slot(spares: list[str]) -> str:
+    """The spare slot that is Transformers' ``<mask>``: the only one of ours ``spares`` lacks."""
+    rest = [t for t in spare_tokens() if t not in spares]
+    if len(rest) != 1 or len(set(spares)) != len(spares) or not set(spares) <= set(spare_tokens()):
+        raise UserError(f"the spare tag tokens ({', '.join(spares[:3])}…) are not nmt's {len(spare_tokens())} "
+                        f"spare slots less one (the <mask> row); this is not an export of a model trained by nmt")
+    return rest[0]
 
 
 def _piece(text: str, kind: int, score: float = 0.0) -> Any:
