@@ -29,6 +29,7 @@ from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training.aux_stats import AuxMeter, expert_load_table, plot_expert_load, to_record, validation_record
 from nmt.training.checkpoint import latest_good_checkpoint, load_checkpoint, manifest_path, save_checkpoint
+from nmt.training.finetune import freeze_parameters, lr_scales, take_architecture_from_init
 from nmt.training.logging import RunLogger
 from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.precision import choose_precision
@@ -64,6 +65,7 @@ class Trainer:
             raise UserError(f"config key trainer.checkpoint_format=pt with {self.world} ranks: several ranks write "
                             f"sharded checkpoints; use trainer.checkpoint_format=auto or dcp")
         torch.manual_seed(t.seed)
+        take_architecture_from_init(cfg, resolved_config)  # model=from_init: trainer.init_from's architecture
 
         corpus = resolve_corpus(cfg.data.corpus)
         self.tokenizer = Tokenizer(corpus / "spm.model")
@@ -111,11 +113,12 @@ class Trainer:
         if adapters.freeze_base:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(is_adapter_parameter(name))
+        freeze_parameters(self.model, list(t.freeze))
         if self.main:
             print(parameter_report(self.model), flush=True)
         self.wrapped = wrap(self.model, t.parallel, self.device) if self.world > 1 else self.model
         self.expert_ids = {id(p) for p in expert_parameters(self.model).values()}  # for the global gradient norm
-        self.optimizer = build_optimizer(self.wrapped, cfg.optim)
+        self.optimizer = build_optimizer(self.wrapped, cfg.optim, lr_scales(self.wrapped, t.init_from, t.init_lr_scale))
         if self.rank > 0:  # dropout differs by rank; rank 0 keeps the stream of a single process
             torch.manual_seed(t.seed + 1_000_003 * self.rank)
         self.step = 0
@@ -377,7 +380,7 @@ class Trainer:
                                self.expert_ids)
         lr = scheduled_lr(self.step + 1, self.cfg.optim, self.cfg.trainer.max_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # trainer.init_lr_scale
         skipped = not (math.isfinite(objective) and math.isfinite(float(gnorm)))
         if skipped:  # the step counts, the weights and optimizer state do not change
             self._bad_update(objective, float(gnorm))
