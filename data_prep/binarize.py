@@ -5,9 +5,10 @@
 Writes ``<corpus>/bin/<split>/<pair>.<lang>.{bin,idx}`` (sentence pieces only: no tags, no
 eos) and ``<corpus>/bin/meta.json``. ``--spm`` another model (e.g. an import's ``EXPORT/spm.model``)
 also makes it the corpus vocabulary: it is copied to ``<corpus>/spm.model``, which training reads
-(a different one already there is kept as ``spm.<sha256[:12]>.model``, and needs ``--overwrite``). Lines are read in chunks and encoded by ``--workers``
-processes while the main process writes, so memory does not grow with the corpus. Everything
-is built in a temp directory that replaces ``bin/`` only when complete.
+(a different one already there is kept as ``spm.<sha256[:12]>.model``, and needs ``--overwrite``).
+Lines are read in chunks and encoded by ``--workers`` processes while the main process writes, so
+memory does not grow with the corpus. Everything is built in a temp directory that replaces
+``bin/`` only when complete.
 """
 
 from __future__ import annotations
