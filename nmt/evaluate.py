@@ -23,6 +23,7 @@ Keys:
                               all: every ordered pair; or [eng_Latn-fra_Latn,...] / "a-b,c-d"
   out_dir=DIR                 default <dir of ckpt>/../eval/<split>, or <hyp_dir>/eval
   beam=4 lenpen=1.0 batch_size=64 max_len_a=1.2 max_len_b=10 device=auto   (ckpt mode)
+  backend=torch               torch, or ct2: ckpt is a CTranslate2 export (nmt.export --format ct2)
   spm_flores200=PATH          local Flores-200 SentencePiece model: adds spBLEU (never downloads)
   baselines.corpus=DIR        also score copy and nearest-training-segment baselines
   resource.corpus=DIR         averages by NLLB resource group from DIR/manifest.json train pairs
@@ -59,6 +60,7 @@ from nmt.eval.forgetting import check_comparable, compare, load_reference
 from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
 from nmt.eval.resource import LOW, VERY_LOW, check_thresholds, resource_info
+from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import ENGLISH, parse_direction
 
 HYP_SUFFIX = ".hyp"
@@ -102,6 +104,7 @@ class EvalConfig:
     overwrite: bool = False
     allow_untrained_lang: bool = False
     reference_results: Optional[str] = None
+    backend: str = "torch"  # torch | ct2
 
     def validate(self) -> None:
         if (self.ckpt is None) == (self.hyp_dir is None):
@@ -117,6 +120,7 @@ class EvalConfig:
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)} must be at least 1")
         check_thresholds(self.resource.low, self.resource.very_low)
+        check_backend(self.backend)
         if self.max_lines is not None and self.max_lines < 1:
             raise UserError(f"max_lines={self.max_lines} must be at least 1 (or leave it unset)")
 
@@ -215,14 +219,12 @@ def _translator(cfg: EvalConfig):
     if not Path(cfg.ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
         raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=): pass a .pt checkpoint, a .dcp "
                         f"checkpoint directory or an export directory (python -m nmt.export)")
-    from nmt.inference import Translator
-
     device = cfg.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Translator.from_checkpoint(cfg.ckpt, device=device)
+    return load_translator(cfg.backend, cfg.ckpt, device)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -311,7 +313,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         extra["model_languages"] = translator.languages
     if cfg.ckpt:
         extra["decoding"] = {"beam": cfg.beam, "lenpen": cfg.lenpen, "max_len_a": cfg.max_len_a,
-                             "max_len_b": cfg.max_len_b}
+                             "max_len_b": cfg.max_len_b, "backend": cfg.backend}
     if scorer.spm_info:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:

@@ -1,7 +1,8 @@
-"""``python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]``: a checkpoint → an export.
+"""``python -m nmt.export CKPT OUT_DIR [--format nmt|hf|ct2] [--overwrite]``: a checkpoint → an export.
 
 ``--format hf`` writes a Transformers M2M100 directory instead (nmt/interop/hf_export.py,
-docs/interop.md); what follows describes the default ``--format nmt``.
+docs/interop.md), ``--format ct2 [--quantization Q]`` a CTranslate2 one (nmt/interop/ct2.py,
+docs/export.md); what follows describes the default ``--format nmt``.
 
 CKPT is a single-file checkpoint (``<run>/checkpoints/best.pt``) or a sharded one
 (``<run>/checkpoints/best.dcp/``, written at any world size). OUT_DIR receives:
@@ -36,9 +37,9 @@ from nmt.fileio import atomic_dir, sha256_file
 if TYPE_CHECKING:
     from nmt.inference import InferenceCheckpoint
 
-USAGE = "python -m nmt.export CKPT OUT_DIR [--format nmt|hf] [--overwrite]"
+USAGE = "python -m nmt.export CKPT OUT_DIR [--format nmt|hf|ct2] [--quantization Q] [--overwrite]"
 # --format value -> "module:function" with the signature fn(ckpt, out_dir, overwrite=False) -> dict
-FORMATS = {"nmt": "nmt.export:export", "hf": "nmt.interop.hf_export:export_hf"}
+FORMATS = {"nmt": "nmt.export:export", "hf": "nmt.interop.hf_export:export_hf", "ct2": "nmt.interop.ct2:export_ct2"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,8 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ckpt", metavar="CKPT", help="a .pt checkpoint or a .dcp checkpoint directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the export directory to write")
     p.add_argument("--format", choices=sorted(FORMATS), default="nmt",
-                   help="nmt: nmt's own export (default); hf: Transformers M2M100 + NLLB tokenizer")
+                   help="nmt: nmt's own export (default); hf: Transformers M2M100 + NLLB tokenizer; ct2: CTranslate2")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT_DIR")
+    p.add_argument("--quantization", default=None,
+                   help="--format ct2 only (nmt/interop/ct2.py): none, int8, int8_float32 or float16")
     return p
 
 
@@ -204,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     module, fn = FORMATS[args.format].split(":")
-    getattr(importlib.import_module(module), fn)(args.ckpt, args.out_dir, overwrite=args.overwrite)
+    options = {"quantization": args.quantization} if args.format == "ct2" else {}
+    if args.quantization is not None and not options:
+        raise UserError(f"--quantization applies to --format ct2 only; usage: {USAGE}")
+    getattr(importlib.import_module(module), fn)(args.ckpt, args.out_dir, overwrite=args.overwrite, **options)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Exactly one output line per input line (an empty input line gives an empty outpu
 directory written by ``python -m nmt.export`` (see docs/export.md).
 Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) instead of stdout,
 ``beam``, ``lenpen``, ``batch_size``, ``device``, ``allow_untrained_lang`` (translate from or into a
-language the model was not trained on, with a warning, instead of refusing).
+language the model was not trained on, with a warning, instead of refusing), ``backend``
+(``torch``, or ``ct2`` for a CTranslate2 export written by
+``python -m nmt.export CKPT OUT --format ct2``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_write
+from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import is_lang_code, normalize_lang
 
 
@@ -33,6 +36,7 @@ class TranslateArgs:
     device: str = "cpu"  # cpu | cuda | auto
     overwrite: bool = False  # replace an existing output=FILE
     allow_untrained_lang: bool = False  # warn instead of refusing a language the model was not trained on
+    backend: str = "torch"  # torch | ct2 (ckpt is then a CTranslate2 export directory)
 
     def validate(self) -> None:
         for key in ("ckpt", "src_lang", "tgt_lang"):
@@ -46,6 +50,7 @@ class TranslateArgs:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
+        check_backend(self.backend)
         if self.output:
             out = Path(self.output)
             if out.is_dir():
@@ -81,9 +86,7 @@ def _read_file(path: str) -> bytes:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_overrides(TranslateArgs, sys.argv[1:] if argv is None else argv)
-    from nmt.inference import Translator
-
-    translator = Translator.from_checkpoint(args.ckpt, device=args.device)
+    translator = load_translator(args.backend, args.ckpt, args.device)
     pair = (translator.resolve_lang(args.src_lang, "src_lang"), translator.resolve_lang(args.tgt_lang, "tgt_lang"))
     translator.check_languages([pair], allow_untrained=args.allow_untrained_lang)
     lines = read_lines(args.input)

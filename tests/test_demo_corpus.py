@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import clean, demo_corpus
+from data_prep import clean, demo_catalogs, demo_corpus
 from data_prep.manifest import sha256_file
 from data_prep.readers import CatalogEntry, read_mo
 from nmt.errors import UserError
@@ -114,14 +114,14 @@ def test_extract_picks_one_translation_and_counts_drops(tmp_path):
 
 
 def test_locale_mapping():
-    m = demo_corpus.locale_to_flores
+    m = demo_catalogs.locale_to_flores
     assert m("de") == "deu_Latn" and m("zh_CN") == m("zh-cn") == m("zh_Hans") == "zho_Hans"
     assert m("pt-br") == "por_Latn" and m("pa-in") == "pan_Guru" and m("he") == "heb_Hebr"
     assert m("sr@latin") is None and m("en-gb") is None and m("es_AR") is None and m("in") is None
-    assert demo_corpus.choose_locales(["pt", "pt-br", "de", "br"], ["por_Latn", "deu_Latn"], "X") == \
+    assert demo_catalogs.choose_locales(["pt", "pt-br", "de", "br"], ["por_Latn", "deu_Latn"], "X") == \
         {"por_Latn": "pt-br", "deu_Latn": "de"}
     with pytest.raises(UserError, match="--langs kor_Hang: X has no catalog"):
-        demo_corpus.choose_locales(["de"], ["kor_Hang"], "X")
+        demo_catalogs.choose_locales(["de"], ["kor_Hang"], "X")
 
 
 # --- splitting -------------------------------------------------------------------------------
