@@ -216,7 +216,7 @@ def check_adopt_spm(corpus: Path, tok: Tokenizer, overwrite: bool) -> Tokenizer 
         return None
     old = Tokenizer(current)
     if old.sha256 != tok.sha256 and not overwrite:
-        raise UserError(f"{current} is another SentencePiece model than {tok.path}: pass --overwrite to make "
+        raise UserError(f"{current} is a different SentencePiece model from {tok.path}: pass --overwrite to make "
                         f"{tok.path} the corpus vocabulary (the old one is kept as spm.{old.sha256[:12]}.model)")
     return old
 
