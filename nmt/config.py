@@ -88,10 +88,16 @@ class ModelConfig:
     # Encoder input: "tag_first" = [src_tag] x </s> (NLLB paper, Transformers since 2023) |
     # "legacy" = x </s> [src_tag] (Transformers' legacy_behaviour=True); set by nmt.import_hf.
     source_convention: str = "tag_first"
+    # Sorted vocabulary ids whose rows the model's origin lacked (nmt.import_hf: the tag slots the
+    # Transformers checkpoint has no code for); their logits are -inf wherever a distribution over
+    # the vocabulary is formed (Transformer.decode). Empty for models trained here. A tag made
+    # present (nmt.vocab add-language) leaves it: nmt.interop.absent_rows.mark_present.
+    absent_ids: list[int] = field(default_factory=list)
     moe: MoEConfig = field(default_factory=MoEConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
 
+LENGTH_CONVENTIONS = ("nmt", "hf")  # eval.length_convention (nmt/eval/search.py)
 LEGACY_POSITION_OFFSET = 0  # what a saved model config without position_offset was trained with
 
 
@@ -102,6 +108,7 @@ def saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
     out = dict(model)
     out.setdefault("position_offset", LEGACY_POSITION_OFFSET)  # positions started at table row 0
     out.setdefault("source_convention", "tag_first")
+    out.setdefault("absent_ids", [])
     return out
 
 
@@ -185,6 +192,10 @@ class EvalConfig:
     batch_size: int = 64
     max_len_a: float = 1.2
     max_len_b: int = 10
+    # Beam hypothesis length and the length limit (nmt/eval/search.py): "nmt" = generated tokens
+    # with </s>, the forced tag neither counted nor scored, </s> forced at the limit; "hf" =
+    # Transformers' generate: the tag counted (scored 0), no </s> forced at the limit.
+    length_convention: str = "nmt"
 
 
 @dataclass
@@ -381,3 +392,5 @@ def validate(cfg: Config) -> None:
 
     _check(e.beam >= 1, "eval.beam", e.beam, "use at least 1")
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "use at least 1")
+    _check(e.length_convention in LENGTH_CONVENTIONS, "eval.length_convention", e.length_convention,
+           "use nmt (default) or hf (Transformers' generate)")

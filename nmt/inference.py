@@ -297,8 +297,10 @@ class Translator:
         batch_size: int | None = None,
         max_len_a: float | None = None,
         max_len_b: int | None = None,
+        length_convention: str | None = None,
     ) -> list[str]:
-        """One output per input line; empty (or whitespace-only) inputs give empty outputs."""
+        """One output per input line; empty (or whitespace-only) inputs give empty outputs.
+        ``length_convention``: ``nmt`` | ``hf`` (nmt/eval/search.py); None: the checkpoint's."""
         d = self.defaults
         beam = beam_size or d.beam
         lenpen = d.lenpen if len_penalty is None else len_penalty
@@ -326,7 +328,7 @@ class Translator:
                 eos=tok.eos_id, beam=beam, lenpen=lenpen,
                 max_len_a=d.max_len_a if max_len_a is None else max_len_a,
                 max_len_b=d.max_len_b if max_len_b is None else max_len_b,
-                banned=self.banned,
+                banned=self.banned, length_convention=length_convention or d.length_convention,
                 src_lang=torch.full((n,), src_idx, device=self.device),
                 tgt_lang=torch.full((n,), tgt_idx, device=self.device))
             for i, h in zip(chunk, hyps):

@@ -33,6 +33,7 @@ class TranslateArgs:
     beam: int = 0  # 0: the checkpoint's eval.beam
     lenpen: float = -1.0  # <0: the checkpoint's eval.lenpen
     batch_size: int = 0  # 0: the checkpoint's eval.batch_size
+    length_convention: str = ""  # nmt | hf (Transformers' generate); "": the checkpoint's eval.length_convention
     device: str = "cpu"  # cpu | cuda | auto
     overwrite: bool = False  # replace an existing output=FILE
     allow_untrained_lang: bool = False  # warn instead of refusing a language the model was not trained on
@@ -48,6 +49,11 @@ class TranslateArgs:
                 normalize_lang(getattr(self, key), where=key)
         if self.beam < 0 or self.batch_size < 0:
             raise UserError("beam and batch_size must be positive (or 0 for the checkpoint's defaults)")
+        if self.length_convention not in ("", "nmt", "hf"):
+            raise UserError(f"length_convention={self.length_convention!r}: use nmt or hf (docs/interop.md)")
+        if self.length_convention and self.backend != "torch":
+            raise UserError(f"length_convention={self.length_convention} is an option of backend=torch (nmt's beam "
+                            f"search); CTranslate2 keeps its own rule (nmt/interop/ct2_translate.py)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
         check_backend(self.backend)
@@ -92,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = read_lines(args.input)
     hyps = translator.translate(
         lines, args.src_lang, args.tgt_lang, beam_size=args.beam or None,
-        len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None)
+        len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None,
+        **({"length_convention": args.length_convention} if args.length_convention else {}))
     text = "".join(h + "\n" for h in hyps)
     if args.output:
         atomic_write(args.output, text, overwrite=args.overwrite)

@@ -90,3 +90,26 @@ def build_nllb_moe(root: Path, seed: int = 0, without: tuple[str, ...] = ()) -> 
     tok.save_pretrained(str(out))
     (out / "sentencepiece.bpe.model").write_bytes(spm_path.read_bytes())
     return out
+
+
+def maps(ours_dir: Path):
+    """An import's checkpoint, ``fid`` (our id -> fairseq id, -1: none) and ``inv`` (the reverse)."""
+    import json
+
+    from nmt.inference import load_inference_checkpoint
+    from nmt.interop.vocab_layout import make_layout
+
+    ck = load_inference_checkpoint(ours_dir)
+    src = json.loads((ours_dir / "config.json").read_text())["source"]["hf"]
+    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"])
+    fid = torch.tensor(layout.fairseq_id)
+    inv = torch.full((src["embedding_rows"],), -1)  # fairseq id -> ours (-1: a row nmt drops)
+    inv[fid[fid >= 0]] = torch.nonzero(fid >= 0).squeeze(1)
+    return ck, fid, inv
+
+
+def hf_model(hf_dir: Path, **kw):
+    import transformers
+
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(hf_dir)).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(str(hf_dir), **kw)

@@ -174,5 +174,22 @@ def test_a_run_started_before_position_offset_resumes_only_with_offset_0(tmp_pat
         with pytest.raises(UserError, match="model.position_offset=0"):
             prepare_run_dir(run, tmp_path / "spm.model", "x", {"model": {"d_model": 64, "position_offset": 2}}, mode)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
-    old = {"d_model": 64, "position_offset": 0, "source_convention": "tag_first"}
+    old = {"d_model": 64, "position_offset": 0, "source_convention": "tag_first", "absent_ids": []}
     assert prepare_run_dir(run, tmp_path / "spm.model", "x", {"model": old}, "auto")  # resumes
+
+
+def test_bad_absent_ids_and_length_convention_are_refused(tmp_path):
+    from conftest import run_module
+    from nmt.errors import UserError
+
+    with pytest.raises(UserError, match="model.absent_ids"):  # a record of another vocabulary
+        build_model(ModelConfig(d_model=16, encoder_layers=1, decoder_layers=1, heads=2, ffn_dim=32,
+                                absent_ids=[5, 300]), 40)
+    proc = run_module("nmt.translate", "ckpt=unused", "src_lang=eng_Latn", "tgt_lang=fra_Latn",
+                      "length_convention=fairseq", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: ") and "length_convention" in last, proc.stderr[-500:]
+    proc = run_module("nmt.translate", "ckpt=unused", "src_lang=eng_Latn", "tgt_lang=fra_Latn", "backend=ct2",
+                      "length_convention=hf", check=False)  # CTranslate2 has its own rule
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "backend=torch" in last, proc.stderr[-500:]

@@ -1,12 +1,19 @@
 """Batched beam search with a KV cache and a forced target-language tag (NLLB inference).
 
-Decoder prefix is ``</s> __tgt__``; hypotheses are scored by the sum of token log-probabilities
-divided by ``length ** lenpen`` where ``length`` counts generated tokens including ``</s>``
-(fairseq's normalisation, except that the forced tag is neither counted nor scored: fairseq
-decoding with a prefix counts it as generated step 0, which shifts lengths by one). A sentence
-stops once ``beam`` hypotheses have finished, or at
-``max_len_a · src_len + max_len_b`` generated tokens where ``</s>`` is forced; finished
-sentences leave the batch (their rows of the encoder output and caches are dropped).
+Decoder prefix is ``</s> __tgt__``; the tag is forced, not scored (log-probability 0). A
+hypothesis' score is the sum of its token log-probabilities divided by ``length ** lenpen``.
+``length_convention`` (``eval.length_convention``, docs/interop.md) says what ``length`` is and
+what happens at the length limit ``max_len_a · src_len + max_len_b`` (generated tokens after the tag):
+
+- ``nmt``: the generated tokens including ``</s>``, the tag excluded; ``</s>`` is forced at the
+  limit. (fairseq counts the tag as generated step 0 and scores it with its log-probability.)
+- ``hf``: Transformers' ``generate`` (``early_stopping=True``): the tag counted too; nothing is
+  forced at the limit, where the best ``beam`` candidates end as they are (no ``</s>``), as
+  with ``max_new_tokens`` = limit + 1.
+
+A sentence stops once ``beam`` hypotheses have finished or at the limit; finished sentences
+leave the batch (their rows of the encoder output and caches are dropped). Logits of absent
+vocabulary rows are -inf (``Transformer.decode``), so they take no probability mass.
 """
 
 from __future__ import annotations
@@ -33,8 +40,12 @@ def beam_search(
     banned: Sequence[int] = (),
     src_lang: Tensor | None = None,
     tgt_lang: Tensor | None = None,
+    length_convention: str = "nmt",
 ) -> list[list[int]]:
     """Best hypothesis per sentence (token ids without the tag and without ``</s>``)."""
+    if length_convention not in ("nmt", "hf"):
+        raise ValueError(f"length_convention {length_convention!r}: use nmt or hf")
+    hf = length_convention == "hf"
     device = src_tokens.device
     bsz, k, vocab = src_tokens.shape[0], beam, model.vocab_size
     memory, mask = model.encode(src_tokens, src_lang, tgt_lang)
@@ -64,7 +75,7 @@ def beam_search(
         lprobs = torch.log_softmax(logits.float(), dim=-1).view(n, k, vocab)
         lprobs[:, :, banned_t] = float("-inf")
         at_max = step >= max_len - 1
-        if bool(at_max.any()):
+        if bool(at_max.any()) and not hf:
             eos_col = lprobs[at_max][:, :, eos].clone()
             lprobs[at_max] = float("-inf")
             lprobs[at_max, :, eos] = eos_col
@@ -73,13 +84,17 @@ def beam_search(
         beam_idx, tokens = top_idx // vocab, top_idx % vocab
         is_eos = tokens.eq(eos) & top_scores.gt(float("-inf"))
 
-        # Finalise end-of-sentence candidates ranked within the top k.
-        for b, r in is_eos[:, :k].nonzero().tolist():
+        # Finalise end-of-sentence candidates ranked within the top k (hf: all of them at the limit).
+        ends = is_eos[:, :k] | (at_max[:, None] & top_scores[:, :k].gt(float("-inf"))) if hf else is_eos[:, :k]
+        length = step + 1 + int(hf)  # generated tokens with </s> (hf: and the tag)
+        for b, r in ends.nonzero().tolist():
             done_list = finished[sentence[b]]
             if len(done_list) < k:
                 seq = history[b * k + beam_idx[b, r]].tolist()
-                done_list.append((float(top_scores[b, r]) / (step + 1) ** lenpen, seq))
-        last = at_max.tolist()  # </s> was forced: nothing can follow
+                if not bool(is_eos[b, r]):  # hf at the limit: the candidate token ends it
+                    seq.append(int(tokens[b, r]))
+                done_list.append((float(top_scores[b, r]) / length ** lenpen, seq))
+        last = at_max.tolist()  # the limit: nothing can follow
         alive = [b for b in range(n) if len(finished[sentence[b]]) < k and not last[b]]
         if not alive:
             break
@@ -107,5 +122,5 @@ def beam_search(
         new_tok = new_tok.view(-1, 1)
         logits = model.decode(new_tok, memory, mask, src_lang_r, tgt_lang_r, cache=cache, offset=step + 2)[:, -1]
 
-    # Every sentence ends with k hypotheses: </s> is forced at its max_len.
+    # Every sentence has a hypothesis: at its max_len </s> is forced (nmt) or the top k end (hf).
     return [max(f, key=lambda h: h[0])[1] for f in finished]

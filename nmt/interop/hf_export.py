@@ -111,7 +111,7 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
     eval_cfg = ck.eval_config or {}
     gen = GenerationConfig(decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1,
                            num_beams=int(eval_cfg.get("beam", 4)), length_penalty=float(eval_cfg.get("lenpen", 1.0)),
-                           max_length=cfg["max_positions"])
+                           max_length=cfg["max_positions"], early_stopping=True)  # nmt's stopping rule
     model.generation_config = gen
     setattr(model.config, MARKER, {"source": str(src.resolve()), "codes": codes,
                                      "source_convention": cfg.get("source_convention")})

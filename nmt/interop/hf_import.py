@@ -19,6 +19,7 @@ from nmt import __version__
 from nmt.config import ModelConfig, MoEConfig
 from nmt.errors import UserError
 from nmt.interop import hf_read
+from nmt.interop.absent_rows import absent_ids
 from nmt.interop.state_map import (
     M2M100_NAMES,
     NLLB_MOE_NAMES,
@@ -134,6 +135,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     if bias is not None and bool(bias.ne(0).any()):
         raise UserError(f"{src}: final_logits_bias is non-zero; nmt's output layer has no bias")
     mcfg = model_config(hf_cfg, convention, kind)
+    mcfg["absent_ids"] = absent_ids(layout)  # -inf logits: Transformers' softmax has no such rows
     ffn_map = moe_ffn_to_ours(mcfg["moe"]["encoder_freq"], mcfg["moe"]["decoder_freq"]) if kind == "moe" else None
     state = hf_to_ours(hf_state, hf_cfg["encoder_layers"], hf_cfg["decoder_layers"], str(src), ffn_map,
                        NLLB_MOE_NAMES if kind == "moe" else M2M100_NAMES)
@@ -147,7 +149,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     sha = hashlib.sha256(ours_spm).hexdigest()
     config = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "nmt_version": __version__,
-        "torch_version": torch.__version__, "model": mcfg, "vocab_size": n_internal, "eval": {},
+        "torch_version": torch.__version__, "model": mcfg, "vocab_size": n_internal,
+        "eval": {"length_convention": "hf"},  # translate as Transformers' generate does (docs/interop.md)
         "directions": [], "languages": sorted(codes), "tokenizer": {"file": SPM, "sha256": sha},
         "weights": {"file": WEIGHTS, "tensors": len(state), "parameters": sum(t.numel() for t in state.values()),
                     "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.config import ModelConfig
+from nmt.errors import UserError
 from nmt.models.attention import MultiheadAttention
 from nmt.models.ffn import BatchContext, DenseFFN
 from nmt.models.kv_cache import KVCache, LayerKV
@@ -98,6 +99,7 @@ class Transformer(nn.Module):
     :class:`~nmt.models.adapters.HyperNetwork`) generates per-batch adapters for every layer."""
 
     positions: Tensor  # buffer: the sinusoidal position table [max_positions + 2 + position_offset, D]
+    absent: Tensor  # buffer: vocabulary ids whose logits are -inf (cfg.absent_ids; see set_absent)
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, ffn_factory: FFNFactory | None = None,
                  adapter_factory: AdapterFactory | None = None, hypernet: nn.Module | None = None):
@@ -117,6 +119,8 @@ class Transformer(nn.Module):
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.register_buffer("positions", sinusoidal_table(cfg.max_positions + 2 + cfg.position_offset, cfg.d_model),
                              persistent=False)
+        self.register_buffer("absent", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.set_absent(cfg.absent_ids)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(cfg, ffn_factory("encoder", i), impl) for i in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(
@@ -137,6 +141,15 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(mod.weight)
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
+
+    def set_absent(self, ids: list[int]) -> None:
+        """Vocabulary rows the model's origin lacked (``model.absent_ids``): :meth:`decode` gives
+        them -inf logits, so softmaxes (beam search, scoring, the loss) run over the others only."""
+        bad = [i for i in ids if not 4 <= i < self.vocab_size]
+        if bad:
+            raise UserError(f"model.absent_ids holds {bad[:5]}, outside the vocabulary's non-special ids "
+                            f"4…{self.vocab_size - 1}; the checkpoint config does not belong to this vocabulary")
+        self.absent = torch.tensor(sorted(set(ids)), dtype=torch.long, device=self.embed.weight.device)
 
     def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
         t, first = tokens.shape[1], self.cfg.position_offset + offset  # position p uses table row offset + p
@@ -188,7 +201,10 @@ class Transformer(nn.Module):
         x = self.decoder_ln(x)
         if output_mask is not None:
             x = x[output_mask]
-        return F.linear(x, self.embed.weight)
+        logits = F.linear(x, self.embed.weight)
+        if len(self.absent):  # imported models only: models trained here keep their exact logits
+            logits = logits.index_fill(-1, self.absent, float("-inf"))
+        return logits
 
     def new_cache(self) -> KVCache:
         """An empty cache for :meth:`decode`, one entry per decoder layer."""

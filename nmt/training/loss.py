@@ -34,33 +34,49 @@ class _NllAndSmooth(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, logits: Tensor, target: Tensor, present: Tensor | None) -> tuple[Tensor, Tensor]:
         lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         pad = target.eq(PAD)
         nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(pad, 0.0)
-        smooth = -lprobs.sum(-1).masked_fill(pad, 0.0)
+        summed = lprobs.sum(-1) if present is None else lprobs[:, present].sum(-1)
+        smooth = -summed.masked_fill(pad, 0.0)
+        ctx.present = present
         ctx.save_for_backward(lprobs, target)
         ctx.logits_dtype = logits.dtype
         return nll, smooth
 
     @staticmethod
-    def backward(ctx, g_nll: Tensor | None, g_smooth: Tensor | None) -> tuple[Tensor, None]:
+    def backward(ctx, g_nll: Tensor | None, g_smooth: Tensor | None) -> tuple[Tensor, None, None]:
         lprobs, target = ctx.saved_tensors
-        vocab = lprobs.shape[-1]
+        present = ctx.present
+        vocab = lprobs.shape[-1] if present is None else int(present.sum())
         pad = target.eq(PAD)
         g_nll = torch.zeros_like(pad, dtype=lprobs.dtype) if g_nll is None else g_nll.masked_fill(pad, 0.0)
         g_smooth = torch.zeros_like(g_nll) if g_smooth is None else g_smooth.masked_fill(pad, 0.0)
         grad = lprobs.exp_()  # softmax, written over the saved log-probabilities
         grad.mul_((g_nll + vocab * g_smooth).unsqueeze(-1)).sub_(g_smooth.unsqueeze(-1))
         grad.scatter_add_(-1, target.unsqueeze(-1), -g_nll.unsqueeze(-1))
-        return grad.to(ctx.logits_dtype), None
+        if present is not None:  # constant -inf logits: no gradient
+            grad[:, ~present] = 0.0
+        return grad.to(ctx.logits_dtype), None, None
+
+
+def _present_classes(logits: Tensor) -> Tensor | None:
+    """None, or the columns that are classes when some logits are -inf in every row: the rows an
+    imported model's origin lacked (``model.absent_ids``, set by ``Transformer.decode``). They are
+    no class, so smoothing spreads ``ε`` over the others (what fine-tuning the original would do)."""
+    if logits.shape[0] == 0:
+        return None
+    absent = torch.isneginf(logits[0])
+    return ~absent if bool(absent.any()) else None
 
 
 def label_smoothed_nll(
     logits: Tensor, target: Tensor, epsilon: float, direction: Tensor | None = None, n_directions: int = 0
 ) -> LossOutput:
     """``(1 - ε - ε_i)·nll + ε_i·Σ_v(-log p_v)`` with ``ε_i = ε/(V-1)`` — the gold class gets
-    ``1-ε`` and every other class ``ε/(V-1)`` (fairseq's ``label_smoothed_nll_loss``).
+    ``1-ε`` and every other class ``ε/(V-1)`` (fairseq's ``label_smoothed_nll_loss``); ``V``
+    excludes columns that are -inf (in the first row; an import's absent rows, :func:`_present_classes`).
 
     ``logits`` ``[..., V]`` and ``target`` ``[...]`` (``PAD`` where nothing is predicted); the
     trainer passes only the counted positions, flattened. ``direction`` has ``target``'s shape.
@@ -70,7 +86,10 @@ def label_smoothed_nll(
     logits = logits.reshape(-1, vocab)
     target = target.reshape(-1)
     keep = target.ne(PAD)
-    nll, smooth = _NllAndSmooth.apply(logits, target)
+    present = _present_classes(logits)
+    if present is not None:
+        vocab = int(present.sum())
+    nll, smooth = _NllAndSmooth.apply(logits, target, present)
     eps_i = epsilon / (vocab - 1) if vocab > 1 else 0.0
     loss = (1.0 - epsilon - eps_i) * nll.sum() + eps_i * smooth.sum()
     if direction is not None and n_directions > 0:

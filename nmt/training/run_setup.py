@@ -131,6 +131,8 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict
             from nmt.config import saved_model_config
 
             saved["model"] = saved_model_config(saved["model"])  # keys added since: their old meaning
+        if isinstance(saved, dict) and isinstance(saved.get("eval"), dict):
+            saved["eval"].setdefault("length_convention", "nmt")  # added since: the old behaviour
         diff = _first_difference(saved, config) if isinstance(saved, dict) else f"{saved_path} is missing or unreadable"
         if diff:
             raise UserError(f"{run_dir} already holds a run with another config ({diff}); continue it anyway "

@@ -197,6 +197,9 @@ class Trainer:
             raise UserError(f"trainer.init_from={path} does not fit this model ({len(missing)} missing, "
                             f"{len(unexpected)} unexpected parameters: {names}); use a checkpoint of the same "
                             f"base architecture")
+        from nmt.interop.absent_rows import adopt  # an import's absent rows stay absent
+
+        adopt(self.model, self.resolved_config["model"], ck.model_config)
         print(f"initialised from {path} (step {ck.info.get('step')})", flush=True)
 
     # ---------------------------------------------------------------- curriculum

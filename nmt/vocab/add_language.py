@@ -151,6 +151,9 @@ def new_config(ck: InferenceCheckpoint, state: dict, args: AddLanguage, edit: Vo
     from nmt.export import export_config
 
     config = export_config(ck, state, args.ckpt)
+    from nmt.interop.absent_rows import mark_present  # an import's unused slot gets a row the softmax sees
+
+    mark_present(config["model"], [edit.tag_id])
     config["vocab_size"] = len(edit.proto.pieces)
     config["languages"] = sorted([*languages, args.lang])
     config["tokenizer"]["sha256"] = hashlib.sha256(edit.serialized()).hexdigest()
