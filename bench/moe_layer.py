@@ -1,7 +1,8 @@
 """One MoE layer, forward + backward: our index-based dispatch against fairscale's GShard MOELayer.
 
-    python -m bench.moe_layer [--tokens 4096 --d-model 512 --hidden 2048 --experts 4,8,16
+    python -m bench.moe_layer [--tokens 4096 --d-model 512 --hidden 2048 --experts 4,16,64
                                --precisions fp32,bf16 --repeats 3 --force-bf16 --quick --out FILE]
+                              [--profile [--top 12]]
 
 Both layers: top-2, capacity factor 1.0 (2·S/E slots), second expert sampled with Gumbel noise
 (fairscale's only policy; ours with ``second_expert_policy=sampling``), ReLU experts of width
@@ -13,9 +14,14 @@ Memory: every (layer, E, precision) also runs once in a fresh child process, whi
 growth of its peak resident set size over one step (``VmHWM`` after the step minus before it;
 inputs and weights already allocated): the *extra* memory of a training step.
 ``memory_ratio = fairscale extra / ours extra``. Targets (issue #3): speedup ≥ 3 and
-memory_ratio ≥ 2 at every E. bf16 runs only where a bf16 matmul is faster than fp32 on this
-machine (``--force-bf16`` runs it anyway). The last stdout line is one JSON object, also written to
-bench/results/moe_layer.json.
+memory_ratio ≥ 2 at every E. bf16 is skipped where a bf16 matmul is emulated (3x slower than fp32:
+no bf16 hardware; ``--force-bf16`` runs it anyway). The last stdout line is one JSON object, also
+written to bench/results/moe_layer.json.
+
+``--profile``: instead of timing, one step of our layer per (precision, E) under torch.profiler
+(after a warm-up step): op counts and each op's share of the step's self CPU time, the ``--top``
+ops and the totals, as a table on stdout (bench/op_profile.py). Shares and counts, unlike
+times, stay informative on a loaded machine.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from torch import nn
 
 from nmt.config import MoEConfig
 from nmt.models.moe import MoELayer
-from nmt.training.precision import choose_precision
+from nmt.training.precision import bf16_matmul_emulated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -132,13 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--experts", default="4,8,16")
+    ap.add_argument("--experts", default="4,16,64", help="comma list of expert counts (same tokens and FLOPs)")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--force-bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
     ap.add_argument("--out", default=str(RESULTS / "moe_layer.json"))
+    ap.add_argument("--profile", action="store_true", help="op-level profile of our layer instead of timing")
+    ap.add_argument("--top", type=int, default=12, help="ops shown per profile")
     ap.add_argument("--child", choices=["ours", "fairscale"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
@@ -148,6 +156,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.tokens, args.d_model, args.hidden, args.repeats, args.experts = 256, 64, 128, 1, "4"
+    if args.profile:
+        from bench.op_profile import profile_layer
+
+        for precision in args.precisions.split(","):
+            for e in (int(x) for x in args.experts.split(",")):
+                print(profile_layer(make_step("ours", args.tokens, args.d_model, args.hidden, e, precision),
+                                    f"{precision} E={e}", args.top))
+        return
     try:
         import fairscale  # noqa: F401
     except ImportError:
@@ -156,9 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     for precision in args.precisions.split(","):
         if precision == "bf16" and not args.force_bf16:
-            chosen, why = choose_precision("auto", args.d_model, args.hidden, torch.device("cpu"))
-            if chosen != "bf16":
-                results[precision] = {"skipped": f"bf16 is slower than fp32 on this CPU ({why}); --force-bf16 runs it"}
+            emulated, why = bf16_matmul_emulated()
+            if emulated:
+                results[precision] = {"skipped": f"bf16 matmul is emulated on this CPU ({why}); --force-bf16 runs it"}
                 log(f"{precision}: skipped ({why})")
                 continue
         rows = {}

@@ -114,10 +114,10 @@ def worker_train(spec: dict) -> dict:
         stats = trainer.train_step()  # tokens summed over all ranks
         _sync(device)
         step_s.append(time.perf_counter() - t)
-        tokens += stats["tokens"]
+        tokens += stats.tokens
         if rank == 0:
             log(f"  [{tag}, {world} rank(s)] step {i + 1}/{spec['steps']}: {step_s[-1]:.2f} s, "
-                f"{stats['tokens']} tokens ({stats['tokens'] / step_s[-1]:.0f} tok/s)")
+                f"{stats.tokens} tokens ({stats.tokens / step_s[-1]:.0f} tok/s)")
     barrier()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 

@@ -30,13 +30,12 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.train_spm import MANIFEST_HINT, bitext_path, iter_lines, pair_langs, read_manifest, split_pairs
+from nmt.data.bin_meta import META_FORMAT, read_meta
 from nmt.data.indexed import IndexedDatasetWriter, dtype_for_vocab
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError, exit_on_user_error
 
 CHUNK_LINES = 2000
-META_FORMAT = 1
-_REDO = "re-run python -m data_prep.binarize --corpus CORPUS --overwrite"
 
 
 @dataclass
@@ -52,34 +51,6 @@ class Job:
     @property
     def key(self) -> str:
         return f"{self.split}/{self.pair}.{self.lang}"
-
-
-def read_meta(bin_dir: Path) -> dict | None:
-    """``bin/meta.json`` or None when absent; UserError when unreadable."""
-    path = Path(bin_dir) / "meta.json"
-    if not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); {_REDO}") from None
-    if not isinstance(meta, dict) or "spm_sha256" not in meta:
-        raise UserError(f"{path}: has no spm_sha256; {_REDO}")
-    return meta
-
-
-def check_bin_matches(bin_dir: str | Path, tokenizer: Tokenizer) -> dict:
-    """UserError unless ``bin_dir`` was binarized with ``tokenizer``'s model; returns meta.json."""
-    meta = read_meta(Path(bin_dir))
-    if meta is None:
-        raise UserError(f"{Path(bin_dir) / 'meta.json'}: not found; run python -m data_prep.binarize "
-                        "--corpus CORPUS first")
-    if meta["spm_sha256"] != tokenizer.sha256 or meta.get("vocab_size") != tokenizer.vocab_size:
-        raise UserError(
-            f"{bin_dir} was binarized with a different vocabulary (spm_sha256 "
-            f"{str(meta['spm_sha256'])[:12]}…, {tokenizer.path} is {tokenizer.sha256[:12]}…): {_REDO}"
-        )
-    return meta
 
 
 def plan_jobs(corpus: Path, manifest: dict) -> list[Job]:

@@ -14,6 +14,9 @@ from typing import Any
 
 from nmt.errors import UserError
 
+INFERENCE_MODES = ("capacity", "dynamic", "static")  # MoEConfig.inference, see nmt/models/moe/layer.py
+BUFFER_POLICIES = ("lru", "lifo")  # expert buffering's eviction policy, see nmt/models/moe/buffer.py
+
 
 @dataclass
 class MoEConfig:
@@ -42,6 +45,7 @@ class MoEConfig:
     cmr_loss_weight: float = 0.1
     cmr_budget_loss: str = "global"  # global: w*|sum used / sum total - p| over all CMR layers (fairseq) | per_layer
     impl: str = "native"  # native | fairscale (reference backend, optional extra)
+    inference: str = "capacity"  # evaluation dispatch: capacity (cut, routed rows) | dynamic | static
 
 
 @dataclass
@@ -290,6 +294,8 @@ def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
     _check(x.capacity_rule in ("exact", "fairseq"), "model.moe.capacity_rule", x.capacity_rule,
            "use exact (ceil(cf*k*real_tokens/E)) or fairseq (int(cf*k*ceil(batch_tokens/E)), padding counted)")
     _check(x.impl in ("native", "fairscale"), "model.moe.impl", x.impl, "use native or fairscale")
+    _check(x.inference in INFERENCE_MODES, "model.moe.inference", x.inference,
+           "use capacity (the capacity cut, routed rows only), dynamic (no capacity) or static ([E, C, D] slots)")
     if x.impl == "fairscale":
         _check(x.top_k == 2 and x.second_expert_policy == "sampling" and not x.dropless and x.eom == 0
                and x.fom == 0 and not x.batch_prioritized and x.capacity_factor == 1.0,
@@ -351,7 +357,8 @@ def validate(cfg: Config) -> None:
     _check(o.eps > 0, "optim.eps", o.eps, "use a value > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use a value >= 0")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "use a value >= 0")
-    _check(0 <= o.warmup_init_lr <= o.lr, "optim.warmup_init_lr", o.warmup_init_lr, f"use a value in [0, optim.lr={o.lr}]")
+    _check(0 <= o.warmup_init_lr <= o.lr, "optim.warmup_init_lr", o.warmup_init_lr,
+           f"use a value in [0, optim.lr={o.lr}]")
     _check(o.schedule in ("inverse_sqrt", "cosine", "linear"), "optim.schedule", o.schedule,
            "use inverse_sqrt, cosine or linear")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
@@ -372,7 +379,8 @@ def validate(cfg: Config) -> None:
     _check(t.save_interval >= 0, "trainer.save_interval", t.save_interval, "use 0 (off) or a positive interval")
     _check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "keep at least 1")
     _check(m.adapters.kind != "hyper" or d.one_direction_per_batch, "data.one_direction_per_batch",
-           d.one_direction_per_batch, "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
+           d.one_direction_per_batch,
+           "hyper-adapters are generated once per batch: set data.one_direction_per_batch=true")
     _check(str(t.resume).lower() in ("auto", "true", "false"), "trainer.resume", t.resume, "use auto, true or false")
     _check(t.parallel in ("ddp", "fsdp"), "trainer.parallel", t.parallel, "use ddp or fsdp")
     _check(t.checkpoint_format in ("auto", "pt", "dcp"), "trainer.checkpoint_format", t.checkpoint_format,

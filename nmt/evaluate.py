@@ -29,6 +29,8 @@ Keys:
   resource.corpus=DIR         averages by NLLB resource group from DIR/manifest.json train pairs
                               (default: baselines.corpus, else data.corpus of the checkpoint's run)
   resource.low=1000000 resource.very_low=100000   group thresholds (NLLB's), in training pairs
+  moe.inference=capacity|dynamic|static   MoE dispatch at inference (ckpt mode; docs/moe_serving.md)
+  moe.resident_experts=K moe.buffer_policy=lru|lifo   expert buffering: K experts per layer in memory
   max_lines=N                 score only the first N lines of every direction (quick checks)
   overwrite=false             replace existing results / hypothesis files
   allow_untrained_lang=false  ckpt mode: translate from/into languages the model was not trained on
@@ -46,13 +48,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from tqdm import tqdm
 
 from nmt.cli import parse_overrides
 from nmt.errors import UserError, exit_on_user_error
-from nmt.fileio import atomic_write
 from nmt.eval import flores
 from nmt.eval.baselines import RetrievalBaseline, copy_baseline
 from nmt.eval.flores import read_text_lines
@@ -60,51 +61,54 @@ from nmt.eval.forgetting import check_comparable, compare, load_reference
 from nmt.eval.metrics import Scorer, check_line_counts
 from nmt.eval.report import build_results, check_out_dir, print_table, write_report
 from nmt.eval.resource import LOW, VERY_LOW, check_thresholds, resource_info
+from nmt.fileio import atomic_write
 from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import ENGLISH, parse_direction
+from nmt.moe_tools.options import MoEServeConfig
 
 HYP_SUFFIX = ".hyp"
 
 
 @dataclass
 class FloresConfig:
-    dir: Optional[str] = None
+    dir: str | None = None
 
 
 @dataclass
 class BaselinesConfig:
-    corpus: Optional[str] = None
+    corpus: str | None = None
 
 
 @dataclass
 class ResourceConfig:
-    corpus: Optional[str] = None  # default: baselines.corpus, else the checkpoint run's data.corpus
+    corpus: str | None = None  # default: baselines.corpus, else the checkpoint run's data.corpus
     low: int = LOW
     very_low: int = VERY_LOW
 
 
 @dataclass
 class EvalConfig:
-    ckpt: Optional[str] = None
-    hyp_dir: Optional[str] = None
+    ckpt: str | None = None
+    hyp_dir: str | None = None
     flores: FloresConfig = field(default_factory=FloresConfig)
     split: str = "devtest"
     directions: Any = "auto"
-    out_dir: Optional[str] = None
+    out_dir: str | None = None
     beam: int = 4
     lenpen: float = 1.0
     batch_size: int = 64
     max_len_a: float = 1.2
     max_len_b: int = 10
     device: str = "auto"
-    spm_flores200: Optional[str] = None
+    spm_flores200: str | None = None
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     resource: ResourceConfig = field(default_factory=ResourceConfig)
-    max_lines: Optional[int] = None
+    max_lines: int | None = None
     overwrite: bool = False
     allow_untrained_lang: bool = False
-    reference_results: Optional[str] = None
+    reference_results: str | None = None
     backend: str = "torch"  # torch | ct2
+    moe: MoEServeConfig = field(default_factory=MoEServeConfig)
 
     def validate(self) -> None:
         if (self.ckpt is None) == (self.hyp_dir is None):
@@ -121,6 +125,7 @@ class EvalConfig:
                 raise UserError(f"{key}={getattr(self, key)} must be at least 1")
         check_thresholds(self.resource.low, self.resource.very_low)
         check_backend(self.backend)
+        self.moe.validate()
         if self.max_lines is not None and self.max_lines < 1:
             raise UserError(f"max_lines={self.max_lines} must be at least 1 (or leave it unset)")
 
@@ -137,7 +142,14 @@ def default_out_dir(cfg: EvalConfig) -> Path:
         if ckpt.name == "model.safetensors":
             return ckpt.parent / "eval" / cfg.split
         return Path(os.path.normpath(ckpt.parent / ".." / "eval" / cfg.split))
-    return Path(cfg.hyp_dir) / "eval"
+    return Path(given(cfg.hyp_dir, "hyp_dir")) / "eval"
+
+
+def given(value: str | None, key: str) -> str:
+    """A path-valued key that validation guarantees in this mode (``ckpt``, ``hyp_dir``, ``flores.dir``)."""
+    if value is None:
+        raise UserError(f"{key} is not set; pass {key}=PATH")
+    return value
 
 
 def hyp_files(hyp_dir: str | Path) -> dict[tuple[str, str], Path]:
@@ -167,10 +179,9 @@ def resolve_directions(cfg: EvalConfig, langs: list[str]) -> list[tuple[str, str
     where = f"{cfg.flores.dir}/{cfg.split}"
     if spec == "en-centric":
         if ENGLISH not in langs:
-            raise UserError(
-                f"directions=en-centric needs {flores.lang_path(cfg.flores.dir, cfg.split, ENGLISH)}"
-                f", which does not exist; list directions explicitly, e.g. directions=[a-b,b-a]"
-            )
+            english = flores.lang_path(given(cfg.flores.dir, "flores.dir"), cfg.split, ENGLISH)
+            raise UserError(f"directions=en-centric needs {english}, which does not exist; list directions "
+                            f"explicitly, e.g. directions=[a-b,b-a]")
         others = [c for c in langs if c != ENGLISH]
         if not others:
             raise UserError(f"{where} has only {ENGLISH}: en-centric needs a second language")
@@ -196,10 +207,11 @@ def _read_hypotheses(
     cfg: EvalConfig, dirs: list[tuple[str, str]], refs: dict[str, list[str]], full_len: int
 ) -> dict[tuple[str, str], tuple[list[str], Path]]:
     """Load and check every hypothesis file (with its path) before any scoring or writing."""
-    files = hyp_files(cfg.hyp_dir)
+    hyp_dir = given(cfg.hyp_dir, "hyp_dir")
+    files = hyp_files(hyp_dir)
     out = {}
     for src, tgt in dirs:
-        p = files.get((src, tgt), Path(cfg.hyp_dir) / f"{src}-{tgt}{HYP_SUFFIX}")
+        p = files.get((src, tgt), Path(hyp_dir) / f"{src}-{tgt}{HYP_SUFFIX}")
         if not p.is_file():
             raise UserError(
                 f"hypothesis file {p} does not exist: hyp_dir needs one <src>-<tgt>{HYP_SUFFIX} "
@@ -216,27 +228,26 @@ def _read_hypotheses(
 
 def _translator(cfg: EvalConfig):
     """Load the model lazily (torch and the model code are only needed in ckpt mode)."""
-    if not Path(cfg.ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
+    ckpt = given(cfg.ckpt, "ckpt")
+    if not Path(ckpt).exists():  # a .pt file, a .dcp directory or an export directory (nmt.export)
         raise UserError(f"checkpoint {cfg.ckpt} does not exist (ckpt=): pass a .pt checkpoint, a .dcp "
                         f"checkpoint directory or an export directory (python -m nmt.export)")
-    device = cfg.device
-    if device == "auto":
-        import torch
+    from nmt.device import resolve_device  # torch is needed in ckpt mode only
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_translator(cfg.backend, cfg.ckpt, device)
+    return load_translator(cfg.backend, ckpt, resolve_device(cfg.device).type, cfg.moe)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Run an evaluation end to end; returns the results.json object."""
     out_dir = check_out_dir(default_out_dir(cfg), overwrite=cfg.overwrite)
-    langs = flores.list_languages(cfg.flores.dir, cfg.split)
+    flores_dir = given(cfg.flores.dir, "flores.dir")
+    langs = flores.list_languages(flores_dir, cfg.split)
     dirs = resolve_directions(cfg, langs)
     corpus = resource_corpus(cfg)  # checked before any translation work
     resource = resource_info([f"{a}-{b}" for a, b in dirs], corpus, cfg.resource.low,
                              cfg.resource.very_low) if corpus else None
     needed = list(dict.fromkeys(code for d in dirs for code in d))
-    full = flores.read_languages(cfg.flores.dir, cfg.split, needed)
+    full = flores.read_languages(flores_dir, cfg.split, needed)
     full_len = len(next(iter(full.values())))
     refs = {c: v[: cfg.max_lines] if cfg.max_lines else v for c, v in full.items()}
     reference = load_reference(cfg.reference_results) if cfg.reference_results else None
@@ -279,7 +290,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                          overwrite=cfg.overwrite)
         else:
             hyps, path = hyps_by_dir[(src, tgt)]
-        entry = scorer.score(hyps, refs[tgt], tgt, hyp_name=f"hypothesis file {path}")
+        entry: dict[str, Any] = scorer.score(hyps, refs[tgt], tgt, hyp_name=f"hypothesis file {path}")
         if retrieval is not None:
             entry["copy_baseline"] = _without_n(
                 scorer.score(copy_baseline(refs[src]), refs[tgt], tgt, hyp_name="copy baseline"))
@@ -292,7 +303,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                     scorer.score(r_hyps, refs[tgt], tgt, hyp_name="retrieval baseline"))
         directions[name] = entry
 
-    testset = flores.layout(cfg.flores.dir, cfg.split).describe()
+    testset = flores.layout(flores_dir, cfg.split).describe()
     notes = [scorer.note(), f"test set: {testset['dataset']} {testset['version']} ({cfg.split}, "
                             f"files {testset['layout']})"]
     if cfg.max_lines:
@@ -314,6 +325,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.ckpt:
         extra["decoding"] = {"beam": cfg.beam, "lenpen": cfg.lenpen, "max_len_a": cfg.max_len_a,
                              "max_len_b": cfg.max_len_b, "backend": cfg.backend}
+    if cfg.ckpt and cfg.moe.active:
+        extra["moe"] = _moe_serving(translator)
     if scorer.spm_info:
         extra["spm_flores200"] = scorer.spm_info
     if cfg.baselines.corpus:
@@ -341,6 +354,18 @@ def resource_corpus(cfg: EvalConfig) -> str | None:
         candidates.append(OmegaConf.select(OmegaConf.load(run_config), "data.corpus", default=None))
     found = [str(c) for c in candidates if c and (Path(str(c)) / "manifest.json").is_file()]
     return found[0] if found else None
+
+
+def _moe_serving(translator) -> dict:
+    """results.json "moe": the dispatch mode and, with buffering, hit rate, loads and bytes moved."""
+    from nmt.moe_tools.serving import buffer_stats, describe
+
+    out: dict[str, Any] = {"inference": translator.model.cfg.moe.inference}
+    stats = buffer_stats(translator.model)
+    if stats is not None:
+        out["buffer"] = stats
+        print(describe(stats), flush=True)
+    return out
 
 
 def _without_n(score: dict) -> dict:

@@ -26,9 +26,10 @@ import torch
 from nmt.config import EvalConfig, ModelConfig, saved_model_config
 from nmt.data.batching import source_sequence
 from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
+from nmt.device import resolve_device
 from nmt.errors import UserError
-from nmt.fileio import sha256_file
 from nmt.eval.search import beam_search
+from nmt.fileio import sha256_file
 from nmt.langs import all_tag_tokens, languages_of, normalize_lang
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, Transformer
@@ -51,7 +52,7 @@ def _dataclass_from(cls, d: dict):
     for f in fields(cls):
         if f.name not in d:
             continue
-        default = f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
+        default = f.default_factory() if f.default_factory is not MISSING else None
         out[f.name] = _dataclass_from(type(default), d[f.name]) if is_dataclass(default) else d[f.name]
     return cls(**out)
 
@@ -60,7 +61,7 @@ def find_tokenizer(ckpt_path: Path, state: dict) -> Tokenizer:
     """The run directory's copy of ``spm.model`` (checked against the checkpoint's sha256):
     ``<run>/spm.model`` beside ``<run>/checkpoints/``, else the path the checkpoint recorded."""
     info = state.get("tokenizer", {}) or {}
-    want = info.get("sha256")
+    want: str | None = info.get("sha256")
     beside = ckpt_path.parent.parent / SPM
     candidates = list(dict.fromkeys([beside, Path(info["path"]) if info.get("path") else beside]))
     mismatched: list[Tokenizer] = []
@@ -72,7 +73,7 @@ def find_tokenizer(ckpt_path: Path, state: dict) -> Tokenizer:
             mismatched.append(tok)
     if mismatched:
         raise UserError(f"{mismatched[0].path} is not the vocabulary checkpoint {ckpt_path} was trained with "
-                        f"(sha256 {mismatched[0].sha256[:12]}… where the checkpoint records {want[:12]}…); "
+                        f"(sha256 {mismatched[0].sha256[:12]}… where the checkpoint records {str(want)[:12]}…); "
                         f"restore the run directory's spm.model")
     raise UserError(f"no spm.model found for checkpoint {ckpt_path}: expected {candidates[0]}; "
                     f"copy the run's spm.model (sha256 {str(want)[:12]}…) back there")
@@ -91,18 +92,22 @@ class InferenceCheckpoint:
     info: dict[str, Any] = field(default_factory=dict)  # step, directions, source, ... (provenance only)
     languages: list[str] | None = None  # the languages it was trained on (None: no record, no directions)
 
-    def build_model(self) -> Transformer:
-        """The model with every expert on this process, weights loaded, in eval mode."""
+    def build_model(self, lazy=None) -> Transformer:
+        """The model with every expert on this process, weights loaded, in eval mode. ``lazy``:
+        a predicate of the tensors the loader left on disk (expert buffering, nmt/moe_tools)."""
         cfg = _dataclass_from(ModelConfig, saved_model_config(self.model_config))  # old configs: position_offset 0
         model = build_model(cfg, self.tokenizer.vocab_size)
         try:
             missing, unexpected = model.load_state_dict(self.state, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise UserError(f"checkpoint {self.path} does not match its own model config "
-                            f"({str(e).splitlines()[-1].strip()[:200]}); re-export it or use another checkpoint") from None
+            why = str(e).splitlines()[-1].strip()[:200]
+            raise UserError(f"checkpoint {self.path} does not match its own model config ({why}); "
+                            f"re-export it or use another checkpoint") from None
         if self.kind == "dcp":  # a sharded checkpoint holds parameters only: buffers come from the config
             params = {n for n, _ in model.named_parameters()}
             missing = [k for k in missing if k in params]
+        if lazy is not None:
+            missing = [k for k in missing if not lazy(k)]
         if missing or unexpected:
             names = ", ".join((list(missing) + list(unexpected))[:4])
             raise UserError(f"checkpoint {self.path} does not match its own model config ({len(missing)} missing, "
@@ -136,14 +141,15 @@ def checkpoint_kind(path: str | Path) -> tuple[str, Path]:
     raise UserError(f"checkpoint {p} is a directory but not an nmt checkpoint{hint}; pass {KINDS}")
 
 
-def load_inference_checkpoint(path: str | Path) -> InferenceCheckpoint:
-    """Path → model config, full state dict and tokenizer, for every checkpoint kind.
+def load_inference_checkpoint(path: str | Path, lazy=None) -> InferenceCheckpoint:
+    """Path → model config, full state dict and tokenizer, for every checkpoint kind (``lazy``:
+    a predicate of tensor names an export leaves on disk, e.g. MoE experts to buffer).
 
     Every problem (missing, corrupt or foreign file, missing or different tokenizer) is a
     UserError naming the file and the fix."""
     kind, where = checkpoint_kind(path)
     if kind == "export":
-        return _load_export(Path(path), where)
+        return _load_export(Path(path), where, lazy)
     if kind == "dcp":
         from nmt.training.sharded import EXTRA, load_model_tensors
 
@@ -201,7 +207,7 @@ def read_export_config(export_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
+def _load_export(given: Path, export_dir: Path, lazy=None) -> InferenceCheckpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -217,7 +223,7 @@ def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
     if weights.get("sha256") and sha256_file(wpath) != weights["sha256"]:
         raise UserError(f"{wpath} does not match the sha256 in {CONFIG} (corrupt); {fix}")
     try:
-        state = load_file(wpath)
+        state = load_file(wpath) if lazy is None else _load_eager_part(wpath, lazy)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{wpath} is not a readable safetensors file ({str(e)[:160]}); {fix}") from None
     spm = export_dir / (meta["tokenizer"].get("file") or SPM)
@@ -239,6 +245,14 @@ def _load_export(given: Path, export_dir: Path) -> InferenceCheckpoint:
                                model_languages(meta.get("languages"), meta.get("directions")))
 
 
+def _load_eager_part(wpath: Path, lazy) -> dict[str, torch.Tensor]:
+    """The tensors of ``wpath`` except those ``lazy`` names (they stay in the file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(wpath), framework="pt", device="cpu") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if not lazy(k)}
+
+
 class Translator:
     """A model, its tokenizer and default search settings."""
 
@@ -252,14 +266,17 @@ class Translator:
         self.banned = [tokenizer.bos_id] + list(range(4, 4 + len(all_tag_tokens())))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Translator":
-        """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`)."""
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but no CUDA device is visible; use device=cpu or auto")
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
-        ckpt = load_inference_checkpoint(path)
-        model = ckpt.build_model()
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", moe=None) -> Translator:
+        """A .pt checkpoint, a .dcp directory or an export (see :func:`load_inference_checkpoint`);
+        ``moe``: a :class:`nmt.moe_tools.options.MoEServeConfig` (dispatch mode, expert buffering)."""
+        dev = resolve_device(device)
+        if moe is None or not moe.active:
+            ckpt = load_inference_checkpoint(path)
+            model = ckpt.build_model()
+        else:
+            from nmt.moe_tools.serving import load_served
+
+            ckpt, model = load_served(path, moe, dev)
         return cls(model.to(dev), ckpt.tokenizer, _dataclass_from(EvalConfig, ckpt.eval_config), dev,
                    ckpt.languages)
 
@@ -331,6 +348,6 @@ class Translator:
                 banned=self.banned, length_convention=length_convention or d.length_convention,
                 src_lang=torch.full((n,), src_idx, device=self.device),
                 tgt_lang=torch.full((n,), tgt_idx, device=self.device))
-            for i, h in zip(chunk, hyps):
+            for i, h in zip(chunk, hyps, strict=True):
                 out[i] = tok.decode(h).replace("\n", " ").strip()
         return out

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nmt.config import Config, register, validate
 from nmt.errors import EXIT_USER_ERROR, UserError, fail
+from nmt.logs import setup_logging
 from nmt.training import distributed
 
 register()
@@ -27,6 +28,7 @@ def _main(dcfg: DictConfig) -> float | None:
     global _entered
     _entered = True
     try:
+        setup_logging(distributed.detect().rank, console=False)  # after Hydra's own set-up: rank 0 informs, others warn
         resolved = OmegaConf.to_container(dcfg, resolve=True)
         cfg: Config = OmegaConf.to_object(dcfg)
         validate(cfg)

@@ -7,13 +7,14 @@ Options: ``input=FILE`` instead of stdin, ``output=FILE`` (written atomically) i
 ``beam``, ``lenpen``, ``batch_size``, ``device``, ``allow_untrained_lang`` (translate from or into a
 language the model was not trained on, with a warning, instead of refusing), ``backend``
 (``torch``, or ``ct2`` for a CTranslate2 export written by
-``python -m nmt.export CKPT OUT --format ct2``).
+``python -m nmt.export CKPT OUT --format ct2``); MoE models: ``moe.inference=capacity|dynamic|static``,
+``moe.resident_experts=K`` and ``moe.buffer_policy=lru|lifo`` (expert buffering, docs/moe_serving.md).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nmt.cli import parse_overrides
@@ -21,6 +22,7 @@ from nmt.errors import UserError, exit_on_user_error
 from nmt.fileio import atomic_write
 from nmt.interop.backend import check_backend, load_translator
 from nmt.langs import is_lang_code, normalize_lang
+from nmt.moe_tools.options import MoEServeConfig
 
 
 @dataclass
@@ -38,6 +40,7 @@ class TranslateArgs:
     overwrite: bool = False  # replace an existing output=FILE
     allow_untrained_lang: bool = False  # warn instead of refusing a language the model was not trained on
     backend: str = "torch"  # torch | ct2 (ckpt is then a CTranslate2 export directory)
+    moe: MoEServeConfig = field(default_factory=MoEServeConfig)  # MoE dispatch and expert buffering
 
     def validate(self) -> None:
         for key in ("ckpt", "src_lang", "tgt_lang"):
@@ -57,6 +60,7 @@ class TranslateArgs:
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"device={self.device!r}: use cpu, cuda or auto")
         check_backend(self.backend)
+        self.moe.validate()
         if self.output:
             out = Path(self.output)
             if out.is_dir():
@@ -92,7 +96,7 @@ def _read_file(path: str) -> bytes:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_overrides(TranslateArgs, sys.argv[1:] if argv is None else argv)
-    translator = load_translator(args.backend, args.ckpt, args.device)
+    translator = load_translator(args.backend, args.ckpt, args.device, args.moe)
     pair = (translator.resolve_lang(args.src_lang, "src_lang"), translator.resolve_lang(args.tgt_lang, "tgt_lang"))
     translator.check_languages([pair], allow_untrained=args.allow_untrained_lang)
     lines = read_lines(args.input)
@@ -101,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         len_penalty=None if args.lenpen < 0 else args.lenpen, batch_size=args.batch_size or None,
         **({"length_convention": args.length_convention} if args.length_convention else {}))
     text = "".join(h + "\n" for h in hyps)
+    if args.moe.resident_experts:
+        from nmt.moe_tools.serving import buffer_stats, describe
+
+        stats = buffer_stats(translator.model)
+        if stats is not None:
+            print(describe(stats), file=sys.stderr, flush=True)
     if args.output:
         atomic_write(args.output, text, overwrite=args.overwrite)
     else:

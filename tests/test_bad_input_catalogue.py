@@ -330,6 +330,8 @@ for _id, _overrides, _key in [
      "model.moe.capacity_rule"),
     ("moe-cmr-budget-loss-bogus", ["model.moe.experts=4", "model.moe.encoder_freq=1", "model.moe.cmr=true",
                                    "model.moe.cmr_budget_loss=layerwise"], "model.moe.cmr_budget_loss"),
+    ("moe-inference-bogus", ["model.moe.experts=4", "model.moe.encoder_freq=1", "model.moe.inference=gshard"],
+     "model.moe.inference"),
     ("max-bad-updates-zero", ["trainer.max_bad_updates=0"], "trainer.max_bad_updates"),
     ("schedule-bogus", ["optim.schedule=bogus"], "optim.schedule"),
     ("freeze-unknown-group", ["trainer.freeze=[embeddings,everything]"], "trainer.freeze"),

@@ -46,3 +46,16 @@ def test_moe_model_bench_quick_run_prints_one_json_line():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["ratio"] > 0 and report["moe_step_s"] > 0 and report["dense_step_s"] > 0
     assert report["expert_hidden"] * 2 == report["dense_hidden"]
+
+
+def test_moe_inference_bench_quick_run_prints_one_json_line():
+    proc = run_module("bench.moe_inference", "--quick", "--experts", "8", timeout=400)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    configs = report["results"]["random_E8"]["configs"]
+    assert list(configs) == ["static", "dynamic"] + [f"buffer_K{k}_{p}" for k in (8, 4, 2) for p in ("lru", "lifo")]
+    for name, row in configs.items():
+        assert row["sentences_s"] > 0 and row["encoder_s"] > 0 and row["decoder_s"] > 0 and row["peak_rss_mib"] > 0
+        assert (row["buffer"] is None) == (not name.startswith("buffer"))
+    full, quarter = configs["buffer_K8_lru"]["buffer"], configs["buffer_K2_lru"]["buffer"]
+    assert full["evictions"] == 0 and full["loads"] <= 8 * 2  # K = E: each expert of the 2 MoE layers loaded once
+    assert quarter["loads"] >= full["loads"] and quarter["evictions"] > 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_prep import binarize, train_spm
+from nmt.data.bin_meta import check_bin_matches
 from nmt.data.indexed import IndexedDataset
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
@@ -72,7 +73,7 @@ def test_binarize_end_to_end(corpus_copy: Path, tmp_path: Path, trained_corpus: 
     r = run_cli("data_prep.binarize", "--corpus", corpus_copy, "--workers", "2")
     assert r.returncode == 0, r.stderr
     tok = Tokenizer(corpus_copy / "spm.model")
-    meta = binarize.check_bin_matches(corpus_copy / "bin", tok)
+    meta = check_bin_matches(corpus_copy / "bin", tok)
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 400
     manifest = json.loads((corpus_copy / "manifest.json").read_text())
     expected = {f"{split}/{pair}.{lang}" for split, pairs in manifest["pairs"].items()
@@ -106,13 +107,13 @@ def test_binarize_end_to_end(corpus_copy: Path, tmp_path: Path, trained_corpus: 
 
 def test_check_bin_matches_rejects_other_vocabulary(corpus_copy: Path, plain_model: Path) -> None:
     with pytest.raises(UserError, match="meta.json: not found"):
-        binarize.check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
+        check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
     (corpus_copy / "bin").mkdir()
     (corpus_copy / "bin" / "meta.json").write_text(json.dumps(
         {"spm_sha256": Tokenizer(corpus_copy / "spm.model").sha256, "vocab_size": 400}))
-    binarize.check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
+    check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
     with pytest.raises(UserError, match="different vocabulary.*data_prep.binarize"):
-        binarize.check_bin_matches(corpus_copy / "bin", Tokenizer(plain_model))
+        check_bin_matches(corpus_copy / "bin", Tokenizer(plain_model))
 
 
 # -- bad inputs: one `error:` line, exit code 2, no traceback ------------------------------------
@@ -149,7 +150,7 @@ def test_mismatched_sha_needs_overwrite(corpus_copy: Path) -> None:
     check_one_error_line(r, "different SentencePiece model", "--overwrite")
     r = run_cli("data_prep.binarize", "--corpus", corpus_copy, "--overwrite", "--workers", "1")
     assert r.returncode == 0, r.stderr
-    binarize.check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
+    check_bin_matches(corpus_copy / "bin", Tokenizer(corpus_copy / "spm.model"))
 
 
 def test_line_count_mismatch(corpus_copy: Path) -> None:

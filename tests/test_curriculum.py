@@ -69,11 +69,11 @@ def test_stage_switch_happens_at_the_exact_step(prepared_corpus, tmp_path):
     seen = []
     for _ in range(5):
         stats = t.train_step()
-        seen.append({t.directions[i] for i, n in enumerate(stats["tok_dir"].tolist()) if n > 0})
+        seen.append({t.directions[i] for i, n in enumerate(stats.tok_dir.tolist()) if n > 0})
     first = {"eng_Latn-fra_Latn", "fra_Latn-eng_Latn"}
     assert all(s <= first for s in seen[:3])  # updates 0, 1, 2
     assert any(s - first for s in seen[3:])  # update 3 onwards may draw German
-    assert t.stage == 1 and set(t.probs) == set(ALL)
+    assert t.state.stage == 1 and set(t.data.probs) == set(ALL)
 
 
 def test_resume_across_a_stage_boundary_is_exact(prepared_corpus, tmp_path):

@@ -1,4 +1,4 @@
-"""Flores+ next to Flores-200: code renames both ways, the text and jsonl layouts, the release
+"""Flores+ next to Flores-200: code renames both ways, the text, jsonl and parquet layouts, the release
 recorded in results.json and corpora, and refusing to mix the two."""
 
 from __future__ import annotations
@@ -69,12 +69,26 @@ def test_flores_plus_jsonl_layout_in_id_order(tmp_path):
         flores.read_language(d, "devtest", "fra_Latn")
 
 
-def test_parquet_without_pyarrow_says_what_to_install(tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-        pytest.skip("pyarrow is installed: parquet files are read")
-    except ImportError:
-        pass
+def test_flores_plus_parquet_layout_in_id_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "hf"
+    (d / "dev").mkdir(parents=True)
+    for code, lines in (("eng_Latn", SENTS["eng_Latn"]), ("apc_Arab_sout3123", SENTS["apc_Arab_sout3123"])):
+        ids = list(range(len(lines)))[::-1]  # stored in reverse id order
+        table = pa.table({"id": ids, "iso_639_3": [code[:3]] * len(lines), "text": lines[::-1]})
+        pq.write_table(table, d / "dev" / f"{code}.parquet")
+    assert flores.list_languages(d, "dev") == ["ajp_Arab", "eng_Latn"]
+    assert flores.read_languages(d, "dev", ["eng_Latn", "ajp_Arab"]) == {
+        "eng_Latn": SENTS["eng_Latn"], "ajp_Arab": SENTS["apc_Arab_sout3123"]}
+    (d / "dev" / "fra_Latn.parquet").write_bytes(b"PAR1 torn")
+    with pytest.raises(UserError, match="fra_Latn.parquet: not a readable parquet file"):
+        flores.read_language(d, "dev", "fra_Latn")
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)  # as if not installed
     (tmp_path / "devtest").mkdir()
     (tmp_path / "devtest" / "eng_Latn.parquet").write_bytes(b"PAR1")
     with pytest.raises(UserError, match="pip install pyarrow"):

@@ -113,10 +113,10 @@ def test_requeue_runs_scontrol_with_the_job_id(environ, job):
     assert run.calls == [["scontrol", "requeue", job]]
 
 
-def test_requeue_refused_by_slurm_returns_false(capsys):
+def test_requeue_refused_by_slurm_returns_false(caplog):
     run = FakeRun(returncode=1, stderr="scontrol: error: Requested operation is presently disabled")
     assert preemption.requeue_self({"SLURM_JOB_ID": "7"}, run=run) is False
-    assert "presently disabled" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "presently disabled" in caplog.text
 
 
 def test_no_requeue_after_sigterm():
@@ -128,9 +128,9 @@ def test_no_requeue_after_sigterm():
     assert run.calls == []
 
 
-def test_missing_scontrol_returns_false(capsys):
+def test_missing_scontrol_returns_false(caplog):
     def run(command, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", command[0])
 
     assert preemption.requeue_self({"SLURM_JOB_ID": "7"}, run=run) is False
-    assert "could not requeue" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "could not requeue" in caplog.text

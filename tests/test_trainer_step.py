@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO
 from nmt.config import register
+from nmt.training.stop import StopReason
 from nmt.training.trainer import Trainer
 
 register()
@@ -26,20 +27,20 @@ def test_gradient_accumulation_equals_one_large_batch(prepared_corpus, tmp_path)
     one = make_trainer(prepared_corpus, tmp_path / "a", "trainer.update_freq=1")
     two = make_trainer(prepared_corpus, tmp_path / "b", "trainer.update_freq=2")
     two.model.load_state_dict(one.model.state_dict())
-    data = one.train_data
+    data = one.data.train
     d = np.array([0, 0, 1, 2, 3, 3])
     local = np.array([0, 1, 2, 3, 4, 5])
     full = data.collate(d, local)
     halves = iter([data.collate(d[:2], local[:2]), data.collate(d[2:], local[2:])])
-    one.loader = iter([full])
-    two.loader = halves
+    one.data.loader = iter([full])
+    two.data.loader = halves
     # Stop before the optimizer changes anything: compare the normalised gradients.
     for t in (one, two):
         t.optimizer.step = lambda: None
         t.optimizer.zero_grad = lambda set_to_none=True: None
     s1, s2 = one.train_step(), two.train_step()
-    assert s1["tokens"] == s2["tokens"] == int(full.target.ne(0).sum())
-    assert abs(s1["nll_sum"] - s2["nll_sum"]) < 1e-3
+    assert s1.tokens == s2.tokens == int(full.target.ne(0).sum())
+    assert abs(s1.nll_sum - s2.nll_sum) < 1e-3
     for (name, p1), (_, p2) in zip(one.model.named_parameters(), two.model.named_parameters(), strict=True):
         assert torch.allclose(p1.grad, p2.grad, atol=1e-6, rtol=1e-4), name
 
@@ -53,7 +54,7 @@ def test_non_finite_loss_skips_the_update_then_stops_the_run(prepared_corpus, tm
 
     def maybe_nan(batch, n):
         loss, out, aux = forward(batch, n)
-        return (loss * float("nan") if t.step in poison else loss), out, aux
+        return (loss * float("nan") if t.state.step in poison else loss), out, aux
 
     t._forward = maybe_nan
     t.train_step()
@@ -61,11 +62,14 @@ def test_non_finite_loss_skips_the_update_then_stops_the_run(prepared_corpus, tm
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     adam_steps = [int(s["step"]) for s in t.optimizer.state_dict()["state"].values()][:1]
     stats = t.train_step()  # step 2: NaN -> skipped, nothing changes
-    assert stats["skipped"] and t.skipped_updates == 1 and t.step == 3
+    assert stats.skipped and t.state.skipped_updates == 1 and t.state.step == 3
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
     assert [int(s["step"]) for s in t.optimizer.state_dict()["state"].values()][:1] == adam_steps
-    assert not t.train_step()["skipped"] and t.bad_in_a_row == 0  # step 3 is fine again
+    assert not t.train_step().skipped and t.state.bad_in_a_row == 0  # step 3 is fine again
     t.train_step()
     t.train_step()
+    assert t.stop.poll(t.state) is None  # two NaN in a row: the run goes on
+    t.train_step()  # third NaN in a row
+    assert t.stop.poll(t.state) is StopReason.BAD_UPDATES
     with pytest.raises(UserError, match="trainer.max_bad_updates=3"):
-        t.train_step()  # third NaN in a row
+        raise t.stop.bad_updates_error(t.state, tmp_path / "nan" / "checkpoints")

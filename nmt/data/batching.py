@@ -17,6 +17,7 @@ mix directions (needed by per-direction adapters / hyper-adapters).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,8 @@ class Examples:
         if not parts:
             e = np.zeros(0, dtype=np.int64)
             return Examples(e, e, e, e)
-        return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("direction", "index", "src_len", "tgt_len")))
+        columns = ("direction", "index", "src_len", "tgt_len")
+        return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in columns))
 
 
 def check_budget(max_tokens: int, max_sentences: int | None) -> None:
@@ -144,7 +146,7 @@ def batch_by_tokens(
         groups = np.array([0, n], dtype=np.int64)
     sorted_keys = keys[order]
     bounds = [np.array([0], dtype=np.int64)]
-    for g0, g1 in zip(groups[:-1], groups[1:]):
+    for g0, g1 in itertools.pairwise(groups):
         b = _pack_sorted(sorted_keys[g0:g1], int(max_tokens), max_sentences)
         bounds.append(b[1:] + g0)
     offsets = np.concatenate(bounds)

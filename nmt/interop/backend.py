@@ -27,15 +27,20 @@ def _is_ct2_dir(path: Path) -> bool:
         return False
 
 
-def load_translator(backend: str, ckpt: str, device: str) -> Any:
-    """A ``Translator`` (torch) or ``Ct2Translator`` (ct2); both offer ``translate(lines, ...)``."""
+def load_translator(backend: str, ckpt: str, device: str, moe: Any = None) -> Any:
+    """A ``Translator`` (torch) or ``Ct2Translator`` (ct2); both offer ``translate(lines, ...)``.
+    ``moe``: the ``moe.*`` options (nmt/moe_tools/options.py), torch only."""
     check_backend(backend)
     path = Path(ckpt)
+    if moe is not None and moe.active and backend != "torch":
+        raise UserError(f"moe.* options (dispatch, expert buffering) need backend=torch, not backend={backend}")
     if backend == "torch":
         if path.is_dir() and _is_ct2_dir(path):
             raise UserError(f"ckpt={ckpt} is a CTranslate2 export; translate it with backend=ct2")
         from nmt.inference import Translator
 
+        if moe is not None and moe.active:
+            return Translator.from_checkpoint(ckpt, device=device, moe=moe)
         return Translator.from_checkpoint(ckpt, device=device)
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is a file (a .pt checkpoint?)"

@@ -10,6 +10,7 @@ Flores-layout test set. ``nmt/sweeps/interference.py`` reads the results of a wh
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from nmt.fileio import atomic_write
 from nmt.langs import parse_direction
 from nmt.models.transformer import count_parameters
 from nmt.training.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 FORMAT = 1
@@ -68,16 +71,16 @@ def finish_cell(trainer: Any, summary: dict[str, Any]) -> dict[str, Any]:
     focus = cfg.interference.focus
     best = run_dir / "checkpoints" / "best.pt"
     trainer.model.load_state_dict(load_checkpoint(best)["model"])
-    valid = trainer.validate()
+    valid = trainer.validator.validate(trainer.state.step)
     max_pos = cfg.model.max_positions
     test_dirs = [d for d in trainer.valid_directions if _has_split(trainer.corpus, "test", d)]
     test: dict[str, Any] = {}
     if test_dirs:
         data = ParallelData.open(trainer.corpus, "test", test_dirs, max_source_positions=max_pos,
                                  max_target_positions=max_pos)
-        test = trainer.split_loss(data, test_dirs, "test")
+        test = trainer.validator.split_loss(data, test_dirs, "test", trainer.state.step)
     scores = _focus_scores(cfg, trainer.corpus, best, run_dir)
-    realised = trainer.loader.realised()
+    realised = trainer.data.loader.realised()
     record = {
         "format": FORMAT,
         "status": "ok",
@@ -88,14 +91,14 @@ def finish_cell(trainer: Any, summary: dict[str, Any]) -> dict[str, Any]:
         "valid_loss": {d: valid[f"valid/loss/{d}"] for d in trainer.valid_directions if f"valid/loss/{d}" in valid},
         "test_loss": {d: test[f"test/loss/{d}"] for d in test_dirs if f"test/loss/{d}" in test},
         "focus_scores": scores,
-        "sampling": {"target": dict(trainer.probs), "realised": realised},
+        "sampling": {"target": dict(trainer.data.probs), "realised": realised},
         "focus_share": realised.get(focus, 0.0),
         "directions": list(trainer.directions),
         "config": trainer.resolved_config,
     }
     atomic_write(run_dir / RESULT, json.dumps(record, indent=1) + "\n", overwrite=True)
-    print(f"interference cell {record['cell']}: focus test loss {record['test_loss'].get(focus)}, "
-          f"chrF++ {scores.get('chrf++')}; wrote {run_dir / RESULT}", flush=True)
+    log.info(f"interference cell {record['cell']}: focus test loss {record['test_loss'].get(focus)}, "
+             f"chrF++ {scores.get('chrf++')}; wrote {run_dir / RESULT}")
     return record
 
 

@@ -3,7 +3,7 @@
 
 :func:`detect` reads the process's rank and world from the environment (torchrun's variables
 win, so ``srun torchrun ...`` works too); :func:`init` joins the process group. In a single
-process both do nothing, and so do :func:`is_main`, :func:`barrier`, :func:`any_rank` and
+process both do nothing, and so do :func:`is_main`, :func:`barrier`, :func:`any_rank`, :func:`on_rank0` and
 :func:`shutdown`, so the trainer calls them unconditionally.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from nmt.errors import UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+T = TypeVar("T")
 PORT_BASE, PORT_RANGE = 15000, 20000  # Slurm jobs without MASTER_PORT: 15000 + job id % 20000
 
 
@@ -157,6 +159,27 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result; a UserError there stops every
+    rank (with the message on rank 0, a pointer to it on the others)."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    failed = any_rank(error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError("rank 0 stopped with an error (see its output)")
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    return result  # type: ignore[return-value]
 
 
 def shutdown() -> None:

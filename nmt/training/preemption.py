@@ -10,13 +10,15 @@ exits. The requeued job starts the same command again and resumes from the run d
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
@@ -76,16 +78,15 @@ def requeue_self(environ: Mapping[str, str] = os.environ,
     if command is None:
         return False
     if _requested == "SIGTERM":
-        print("SIGTERM: Slurm is ending this job itself; not requeueing it", flush=True)
+        log.info("SIGTERM: Slurm is ending this job itself; not requeueing it")
         return False
     try:
         proc = run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"warning: could not requeue the job: {' '.join(command)}: {e}", file=sys.stderr, flush=True)
+        log.warning(f"could not requeue the job: {' '.join(command)}: {e}")
         return False
     if proc.returncode != 0:
-        print(f"warning: {' '.join(command)} failed: {(proc.stderr or proc.stdout).strip()}",
-              file=sys.stderr, flush=True)
+        log.warning(f"{' '.join(command)} failed: {(proc.stderr or proc.stdout).strip()}")
         return False
-    print(f"requeued Slurm job {command[-1]}", flush=True)
+    log.info(f"requeued Slurm job {command[-1]}")
     return True

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from nmt.errors import UserError
 from nmt.fileio import atomic_write
 from nmt.langs import parse_direction
+
+log = logging.getLogger(__name__)
 
 
 def resolve_corpus(corpus: str) -> Path:
@@ -137,7 +140,7 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict
         if diff:
             raise UserError(f"{run_dir} already holds a run with another config ({diff}); continue it anyway "
                             f"with trainer.resume=true, or start a new run with hydra.run.dir=... (nothing was overwritten)")
-        print(f"{run_dir} holds this run: resuming it (trainer.resume=auto)", flush=True)
+        log.info(f"{run_dir} holds this run: resuming it (trainer.resume=auto)")
     run_dir.mkdir(parents=True, exist_ok=True)
     local = run_dir / "spm.model"
     if local.exists():

@@ -93,3 +93,16 @@ class TokenDispatcher:
         out_TD = torch.zeros((tokens, y_ND.shape[1]), dtype=torch.promote_types(y_ND.dtype, gate_N.dtype),
                              device=y_ND.device)
         return out_TD.index_add_(0, d.token_N, y_ND * gate_N[:, None].to(out_TD.dtype))
+
+
+def pad_to_capacity(rows_RD: Tensor, counts: list[int], slots: int) -> tuple[Tensor, Tensor]:
+    """GShard/fairseq static dispatch: ``[L·C, D]`` with expert i's rows in slots ``i·C …``
+    followed by zero rows up to ``C = slots``, and the slot of every real row ``[R]`` (to read
+    the outputs back). Every count must be at most ``slots`` (the router cut them to it)."""
+    counts_L = torch.tensor(counts, dtype=torch.long, device=rows_RD.device)
+    starts_L = torch.cumsum(counts_L, 0) - counts_L
+    expert_R = torch.repeat_interleave(torch.arange(len(counts), device=rows_RD.device), counts_L)
+    within_R = torch.arange(rows_RD.shape[0], device=rows_RD.device) - starts_L[expert_R]
+    slot_R = expert_R * slots + within_R
+    padded = rows_RD.new_zeros((len(counts) * slots, rows_RD.shape[1]))
+    return padded.index_copy_(0, slot_R, rows_RD), slot_R

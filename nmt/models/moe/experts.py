@@ -4,16 +4,18 @@ Shape suffixes: E experts (E_local on this rank), D model dim, H expert hidden d
 (token→expert assignments, grouped by local expert: ``counts[i]`` rows for expert i).
 
 Each expert runs on its contiguous slice of the rows. The ReLU path uses a fused kernel
-(:class:`_ReluExperts`) whose backward writes each expert's gradients straight into one
-``[E, ...]`` tensor per parameter. With an expert-parallel group of W ranks each rank holds
-``E/W`` experts, expert gradients are divided by W (tokens of all ranks reach them: this matches
-data-parallel averaging of the dense gradients), and ``state_dict`` always holds all E experts
-(gathered), so checkpoints load on any world size.
+(:class:`_ReluExperts`), in fp32 and under autocast alike: one cast per weight and step, and
+gradients written straight into one ``[E, ...]`` tensor per parameter, in its dtype, without a
+zero fill. With an expert-parallel group of W ranks each rank holds ``E/W`` experts, expert
+gradients are divided by W (tokens of all ranks reach them: this matches data-parallel averaging
+of the dense gradients), and ``state_dict`` always holds all E experts (gathered), so
+checkpoints load on any world size.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -35,58 +37,102 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class _ReluExperts(torch.autograd.Function):
-    """Every local expert's ReLU FFN on its contiguous slice, with a hand-written backward that
-    writes each expert's gradients straight into one ``[E, ...]`` tensor per parameter (autograd
-    through per-expert views would allocate and sum a full-size gradient per expert). Activation
-    dropout is inverted dropout on the hidden units; ReLU's derivative is read off the saved
-    hidden activations (``h > 0``), so nothing else is kept for backward."""
+    """Every local expert's ReLU FFN on its contiguous slice, computed in ``dtype`` (the autocast
+    dtype under autocast, else the input's), with a hand-written backward.
+
+    Under autocast each weight is cast once (one op for all experts, kept for backward as
+    autocast keeps its casts; autocast itself would cast every expert's slice, then stack the
+    slices' gradients and cast them back); gradients go straight into one ``[E, ...]`` buffer per
+    parameter in the parameter's dtype, allocated without a zero fill (only experts without rows
+    are zeroed). Activation dropout is inverted dropout on the hidden units (the mask drawn in
+    fp32); ReLU's derivative is read off the saved hidden activations (``h > 0``), so nothing
+    else is kept for backward."""
 
     @staticmethod
-    def forward(ctx, x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED, counts: list[int], p: float, scale: float):
-        out_RD = x_RD.new_empty((x_RD.shape[0], w2_EHD.shape[-1]))
-        hidden_RH = x_RD.new_empty((x_RD.shape[0], w1_EDH.shape[-1]))
-        start = 0
-        for e, rows in enumerate(counts):
-            if rows == 0:
-                continue
-            h = hidden_RH[start:start + rows]
-            torch.addmm(b1_EH[e], x_RD[start:start + rows], w1_EDH[e], out=h)
-            h.clamp_(min=0)
-            if p > 0:
-                h.mul_(torch.rand_like(h).ge_(p).div_(1 - p))
-            torch.addmm(b2_ED[e], h, w2_EHD[e], out=out_RD[start:start + rows])
-            start += rows
-        ctx.save_for_backward(x_RD, w1_EDH, w2_EHD, hidden_RH)
+    def forward(ctx, x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED, counts: list[int], p: float, scale: float,
+                dtype: torch.dtype | None = None):
+        dtype = dtype or x_RD.dtype
+        ctx.dtypes = (x_RD.dtype, w1_EDH.dtype, b1_EH.dtype, w2_EHD.dtype, b2_ED.dtype)
+        with torch.autocast(x_RD.device.type, enabled=False):
+            xc_RD, w1, b1c_EH, w2, b2c_ED = (t.to(dtype) for t in (x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED))
+            out_RD = xc_RD.new_empty((xc_RD.shape[0], w2_EHD.shape[-1]))
+            hidden_RH = xc_RD.new_empty((xc_RD.shape[0], w1_EDH.shape[-1]))
+            for e, start, rows in _slices(counts):
+                h = hidden_RH[start:start + rows]
+                torch.addmm(b1c_EH[e], xc_RD[start:start + rows], w1[e], out=h)
+                h.clamp_(min=0)
+                if p > 0:
+                    h.mul_(torch.rand(h.shape, device=h.device).ge_(p).div_(1 - p))
+                torch.addmm(b2c_ED[e], h, w2[e], out=out_RD[start:start + rows])
+        ctx.save_for_backward(xc_RD, w1, w2, hidden_RH)
         ctx.counts, ctx.p, ctx.scale = counts, p, scale
         return out_RD
 
     @staticmethod
     def backward(ctx, grad_out_RD):
         x_RD, w1_EDH, w2_EHD, hidden_RH = ctx.saved_tensors
-        grad_out_RD = grad_out_RD.contiguous()
-        grad_x_RD = torch.empty_like(x_RD)
-        grad_w1_EDH, grad_w2_EHD = torch.zeros_like(w1_EDH), torch.zeros_like(w2_EHD)
-        grad_b1_EH = w1_EDH.new_zeros(w1_EDH.shape[0], w1_EDH.shape[2])
-        grad_b2_ED = w2_EHD.new_zeros(w2_EHD.shape[0], w2_EHD.shape[2])
-        start = 0
-        for e, rows in enumerate(ctx.counts):
-            if rows == 0:
-                continue
-            grad_RD, h = grad_out_RD[start:start + rows], hidden_RH[start:start + rows]
-            torch.mm(h.t(), grad_RD, out=grad_w2_EHD[e])
-            torch.sum(grad_RD, 0, out=grad_b2_ED[e])
-            grad_h = torch.mm(grad_RD, w2_EHD[e].t())
-            grad_h.mul_(h > 0)  # ReLU (and dropout's zeros); kept units carry dropout's 1/(1-p)
-            if ctx.p > 0:
-                grad_h.mul_(1.0 / (1 - ctx.p))
-            torch.mm(x_RD[start:start + rows].t(), grad_h, out=grad_w1_EDH[e])
-            torch.sum(grad_h, 0, out=grad_b1_EH[e])
-            torch.mm(grad_h, w1_EDH[e].t(), out=grad_x_RD[start:start + rows])
-            start += rows
+        with torch.autocast(x_RD.device.type, enabled=False):
+            grads = _relu_experts_backward(grad_out_RD.to(x_RD.dtype).contiguous(), x_RD, w1_EDH, w2_EHD,
+                                           hidden_RH, ctx.counts, ctx.p, ctx.dtypes)
         if ctx.scale != 1.0:
-            for t in (grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED):
+            for t in grads[1:]:
                 t.mul_(ctx.scale)
-        return grad_x_RD, grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED, None, None, None
+        return (*grads, None, None, None, None)
+
+
+def _slices(counts: list[int]) -> Iterator[tuple[int, int, int]]:
+    """``(expert, first row, rows)`` of every local expert that has rows."""
+    start = 0
+    for e, rows in enumerate(counts):
+        if rows:
+            yield e, start, rows
+            start += rows
+
+
+def _mm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out = a @ b``; a product in a narrower dtype is cast into ``out`` (a small temporary
+    per expert instead of a full ``[E, ...]`` buffer in the compute dtype)."""
+    if out.dtype == a.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(torch.mm(a, b))
+
+
+def _sum_into(out: Tensor, a: Tensor) -> None:
+    """``out = a.sum(0)``, summed in ``a``'s dtype (as autocast's bias gradient) and cast into ``out``."""
+    if out.dtype == a.dtype:
+        torch.sum(a, 0, out=out)
+    else:
+        out.copy_(a.sum(0))
+
+
+def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2_EHD: Tensor, hidden_RH: Tensor,
+                           counts: list[int], p: float, dtypes: tuple[torch.dtype, ...]) -> list[Tensor]:
+    """Gradients ``[x, w1, b1, w2, b2]`` of :class:`_ReluExperts` in ``dtypes`` (the inputs'),
+    computed in the saved tensors' dtype. Buffers are not zero-filled: every row is written, except
+    those of experts without rows, which are zeroed."""
+    e_local, d, h_dim = w1_EDH.shape
+    grad_x_RD = x_RD.new_empty(x_RD.shape, dtype=dtypes[0])
+    grad_w1_EDH = w1_EDH.new_empty((e_local, d, h_dim), dtype=dtypes[1])
+    grad_b1_EH = w1_EDH.new_empty((e_local, h_dim), dtype=dtypes[2])
+    grad_w2_EHD = w2_EHD.new_empty((e_local, h_dim, d), dtype=dtypes[3])
+    grad_b2_ED = w2_EHD.new_empty((e_local, d), dtype=dtypes[4])
+    idle = [e for e, rows in enumerate(counts) if rows == 0]
+    if idle:
+        for g in (grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED):
+            g[idle] = 0
+    for e, start, rows in _slices(counts):
+        grad_RD, h = grad_out_RD[start:start + rows], hidden_RH[start:start + rows]
+        _mm_into(grad_w2_EHD[e], h.t(), grad_RD)
+        _sum_into(grad_b2_ED[e], grad_RD)
+        # ReLU's backward (and dropout's zeros: kept units carry dropout's 1/(1-p)), in one op
+        grad_h = torch.ops.aten.threshold_backward(torch.mm(grad_RD, w2_EHD[e].t()), h, 0)
+        if p > 0:
+            grad_h.mul_(1.0 / (1 - p))
+        _mm_into(grad_w1_EDH[e], x_RD[start:start + rows].t(), grad_h)
+        _sum_into(grad_b1_EH[e], grad_h)
+        _mm_into(grad_x_RD[start:start + rows], grad_h, w1_EDH[e].t())
+    return [grad_x_RD, grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED]
 
 
 class Experts(nn.Module):
@@ -123,27 +169,29 @@ class Experts(nn.Module):
         nn.init.zeros_(self.b2)
 
     def forward(self, x: Tensor, counts: list[int]) -> Tensor:
-        """``x [R, D]`` rows grouped by local expert -> ``[R, D]`` expert outputs, same order."""
+        """``x [R, D]`` rows grouped by local expert -> ``[R, D]`` expert outputs, same order
+        (in the autocast dtype under autocast)."""
         scale = 1.0 / self.world  # tokens of all ranks reach these experts: match DP's gradient average
-        if self.act is F.relu and not torch.is_autocast_enabled(x.device.type):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        if self.act is F.relu:
             p = self.activation_dropout if self.training else 0.0
-            return _ReluExperts.apply(x, self.w1, self.b1, self.w2, self.b2, counts, p, scale)
-        w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
+            return _ReluExperts.apply(x, self.w1, self.b1, self.w2, self.b2, counts, p, scale, dtype)
+        ws: list[Tensor] = [self.w1, self.b1, self.w2, self.b2]
         if self.world > 1:
-            w1, b1, w2, b2 = (_ScaleGrad.apply(p, scale) for p in (w1, b1, w2, b2))
+            ws = [_ScaleGrad.apply(t, scale) for t in ws]
+        if dtype is not None:  # one cast per weight, not one per expert slice
+            ws = [t.to(dtype) for t in ws]
         # unbind once: its backward stacks the per-expert gradients into one [E, ...] tensor
         # (indexing w1[i] per expert would allocate and add a full-size zero gradient per expert).
-        w1s, b1s, w2s, b2s = w1.unbind(0), b1.unbind(0), w2.unbind(0), b2.unbind(0)
-        outs, start = [], 0
-        for e, rows in enumerate(counts):
-            if rows == 0:
-                continue
+        w1s, b1s, w2s, b2s = (t.unbind(0) for t in ws)
+        outs = []
+        for e, start, rows in _slices(counts):
             h = self.act(torch.addmm(b1s[e], x[start:start + rows], w1s[e]))
             if self.activation_dropout > 0:
                 h = F.dropout(h, p=self.activation_dropout, training=self.training)
             outs.append(torch.addmm(b2s[e], h, w2s[e]))
-            start += rows
-        return torch.cat(outs) if outs else x.new_zeros((0, w2.shape[-1]))
+        return torch.cat(outs) if outs else x.new_zeros((0, ws[2].shape[-1]))
 
     # Checkpoints always hold all experts, whatever the expert-parallel world size.
     def _save_to_state_dict(self, destination, prefix, keep_vars):

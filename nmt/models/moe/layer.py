@@ -12,6 +12,14 @@ D model dim, E experts, N kept token→expert assignments.
 * EOM drops single token→expert outputs, FOM a token's whole MoE output, with probability p in
   training; NLLB scales by ``1 - p`` at evaluation (``inverted_masking``: by ``1/(1 - p)`` in
   training instead). Masked assignments are not computed at all.
+* Evaluation dispatch (``model.moe.inference``): ``capacity`` applies the evaluation capacity
+  cut and computes only the routed rows; ``dynamic`` (dynamic gating, Huang et al.) has no
+  capacity at all: every expert runs on exactly the tokens routed to it; ``static`` is GShard's
+  and fairseq's evaluation: the same cut, then every expert computes all C slots of an
+  ``[E, C, D]`` buffer, zero rows included (same outputs as ``capacity``; C is the busiest
+  expert's row count when ``dropless``). Training always uses the training rule.
+* ``recorder``: when set (``nmt.moe_tools.calibrate``), called with ``(name, routing)`` after
+  every routing, to measure per-expert load and gate mass.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import Tensor, nn
 from nmt.config import MoEConfig
 from nmt.models.ffn import BatchContext
 from nmt.models.moe.aux_loss import add_aux_loss
-from nmt.models.moe.dispatch import TokenDispatcher
+from nmt.models.moe.dispatch import TokenDispatcher, pad_to_capacity
 from nmt.models.moe.experts import Experts
 from nmt.models.moe.router import Routing, capacity, route
 
@@ -72,6 +80,7 @@ class MoELayer(nn.Module):
         self.router = nn.Linear(d_model, cfg.experts, bias=False)
         self.experts = Experts(cfg.experts, d_model, hidden, activation, activation_dropout, group)
         self.dispatcher = TokenDispatcher(cfg.experts, self.experts.world, group)
+        self.recorder: Callable[[str, Routing], None] | None = None
 
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         return on_real_tokens(self.forward_tokens, x, ctx)
@@ -87,11 +96,15 @@ class MoELayer(nn.Module):
         with torch.autocast(x_TD.device.type, enabled=False):
             dtype = torch.promote_types(x_TD.dtype, torch.float32)  # fp32 at least (fp64 in tests)
             logits_TE = F.linear(x_TD.to(dtype), self.router.weight.to(dtype))
-        cap = capacity(t, cfg.experts, cfg.top_k, cfg, self.training, self._batch_tokens(batch_tokens))
+        mode = "train" if self.training else cfg.inference
+        cap = None if mode == "dynamic" else capacity(t, cfg.experts, cfg.top_k, cfg, self.training,
+                                                      self._batch_tokens(batch_tokens))
         r = route(logits_TE, cfg, cap)
+        if self.recorder is not None:
+            self.recorder(self.name, r)
         expert_N, token_N, gate_N, scale = _mask_outputs(r, cfg, t, self.training, aux, self.name)
         rows_RD, counts, sent = self.dispatcher.dispatch(x_TD, token_N, expert_N)
-        y_RD = self.experts(rows_RD, counts)
+        y_RD = self._static_experts(rows_RD, counts, cap) if mode == "static" else self.experts(rows_RD, counts)
         out_TD = self.dispatcher.combine(y_RD, sent, gate_N if scale == 1.0 else gate_N * scale, t)
         out_TD = add_aux_loss(self, aux, "loss/moe_balance", cfg.balance_loss_weight * r.balance, out_TD,
                               aux_loss_scale)
@@ -99,6 +112,17 @@ class MoELayer(nn.Module):
             out_TD = add_aux_loss(self, aux, "loss/moe_z", cfg.z_loss_weight * r.z, out_TD, aux_loss_scale)
         self._report(aux, r)
         return out_TD.to(x_TD.dtype)
+
+    def _static_experts(self, rows_RD: Tensor, counts: list[int], cap: int | None) -> Tensor:
+        """Every local expert computes all its slots, zero-padded (C per sending rank: each of W
+        ranks sends up to C rows, fairseq's ``[W, C, D]``); the real rows' outputs return."""
+        slots = cap * self.experts.world if cap is not None else max(counts, default=0)
+        if self.experts.world > 1 and cap is None:  # dropless: the busiest expert over all ranks
+            c = torch.tensor([slots], device=rows_RD.device)
+            dist.all_reduce(c, op=dist.ReduceOp.MAX, group=self.experts.group)
+            slots = int(c.item())
+        padded_SD, slot_R = pad_to_capacity(rows_RD, counts, slots)
+        return self.experts(padded_SD, [slots] * len(counts)).index_select(0, slot_R)
 
     def _batch_tokens(self, batch_tokens: int | None) -> int | None:
         """fairseq's S: this batch's tokens with padding, under ``--max-tokens`` the largest over
