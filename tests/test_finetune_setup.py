@@ -145,7 +145,7 @@ def test_binarize_spm_adopts_another_vocabulary_and_init_from_refuses_the_old_on
     """binarize --spm OTHER: refused without --overwrite (nothing changed); with it, OTHER becomes the
     corpus vocabulary and the old one is kept. A model of the old vocabulary is then refused by the
     recipe (the existing init_from check, on the recipe path)."""
-    from data_prep.binarize import check_bin_matches
+    from nmt.data.bin_meta import check_bin_matches
     from nmt.data.tokenizer import Tokenizer
 
     other = tmp_path / "other"
