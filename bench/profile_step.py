@@ -124,8 +124,8 @@ def instrument(trainer: Any, timers: Timers) -> None:
     import nmt.training.trainer as trainer_module
     from nmt.data.parallel import Batch
 
-    trainer.train_data.collate = timers.wrap("collation", trainer.train_data.collate)
-    trainer.loader = _TimedLoader(trainer.loader, timers)
+    trainer.data.train.collate = timers.wrap("collation", trainer.data.train.collate)
+    trainer.data.loader = _TimedLoader(trainer.data.loader, timers)
     trainer.wrapped = _TimedModule(trainer.wrapped, timers)
     Batch.to = timers.wrap("host_to_device", Batch.to)  # type: ignore[method-assign]
     trainer_module.label_smoothed_nll = timers.wrap("loss", trainer_module.label_smoothed_nll)
@@ -138,11 +138,14 @@ def instrument(trainer: Any, timers: Timers) -> None:
 def one_step(trainer: Any, timers: Timers) -> None:
     with timers.phase("train_step"):
         stats = trainer.train_step()
-    acc = trainer._new_acc()
+    from nmt.training.step_stats import StepStats
+
+    window = StepStats(len(trainer.directions))
     with timers.phase("per_direction_stats"):
-        trainer._accumulate(acc, stats)
+        window.add_update(stats)
+        record = window.record(trainer.state.step, 1.0, trainer.directions, trainer.data.record(trainer.state.stage))
     with timers.phase("logging"):
-        trainer.logger.train(trainer._log_record(acc))
+        trainer.logger.train(record)
 
 
 def phase_table(seconds: dict[str, float], steps: int) -> dict[str, dict[str, float]]:

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.train_throughput import cpu_info, log
+from bench.machine import cpu_info, log
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("ours_fp32", "ours_bf16", "transformers", "ct2_float32", "ct2_int8")
@@ -100,9 +100,8 @@ def demo_inputs(run: Path, n: int) -> tuple[Path, list[str], str, str]:
 
 def exports(ckpt: Path, root: Path) -> dict[str, Path]:
     """The Transformers export and its CTranslate2 conversions (float32, int8)."""
-    from nmt.interop.hf_export import export_hf
-
     from nmt.interop.ct2 import convert_hf_dir
+    from nmt.interop.hf_export import export_hf
 
     export_hf(ckpt, root / "hf")
     out = {"transformers": root / "hf"}

@@ -20,15 +20,16 @@ import hashlib
 import json
 from pathlib import Path
 
-from nmt.errors import UserError
+from nmt.data.corpus_manifest import (  # noqa: F401  (re-exported: the corpus format's constants and reader)
+    CREATE_HINT,
+    FLORES_SPLITS,
+    FORMAT,
+    MANIFEST,
+    SPLITS,
+    load_manifest,
+    new_manifest,
+)
 from nmt.fileio import atomic_dir, atomic_file, check_writable, sha256_file  # noqa: F401  (re-exported)
-
-FORMAT = 1
-SPLITS = ("train", "valid", "test")
-FLORES_SPLITS = ("dev", "devtest")
-MANIFEST = "manifest.json"
-CREATE_HINT = ("create it with python -m data_prep.import_corpus --out DIR ... "
-               "or python -m data_prep.demo_corpus --out DIR")
 
 
 def pair_name(a: str, b: str) -> str:
@@ -57,12 +58,6 @@ class LineWriter:
         return self._sha.hexdigest()
 
 
-def new_manifest() -> dict:
-    """An empty manifest with every top-level key present."""
-    return {"format": FORMAT, "pairs": {s: {} for s in SPLITS}, "languages": [], "inputs": [],
-            "cleaning": {}, "flores": {s: [] for s in FLORES_SPLITS}}
-
-
 def add_pair(manifest: dict, split: str, pair: str, lines: int, sha256: dict[str, str],
              cleaning: dict | None = None) -> None:
     """Record one written pair (and its cleaning counts) and update ``languages``."""
@@ -78,28 +73,6 @@ def add_input(manifest: dict, path: Path | str, sha256: str | None = None) -> No
     entry = {"path": path, "sha256": sha256 or sha256_file(path)}
     if entry not in manifest["inputs"]:
         manifest["inputs"].append(entry)
-
-
-def load_manifest(corpus_dir: Path | str) -> dict:
-    """Read ``<corpus_dir>/manifest.json``; a UserError naming the path when missing or bad."""
-    path = Path(corpus_dir) / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{path}: no manifest (not a corpus directory); {CREATE_HINT}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: corrupt manifest ({e.msg}); {CREATE_HINT} "
-                        "(with --overwrite)") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: corrupt manifest (not UTF-8); {CREATE_HINT} (with --overwrite)") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-            or not isinstance(manifest.get("pairs"), dict):
-        raise UserError(f"{path}: not a format-{FORMAT} corpus manifest; {CREATE_HINT} (with --overwrite)")
-    full = new_manifest()
-    full.update(manifest)
-    for split in SPLITS:
-        full["pairs"].setdefault(split, {})
-    return full
 
 
 def write_manifest(corpus_dir: Path | str, manifest: dict) -> Path:

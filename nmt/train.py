@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,8 +30,8 @@ def _main(dcfg: DictConfig) -> float | None:
     _entered = True
     try:
         setup_logging(distributed.detect().rank, console=False)  # after Hydra's own set-up: rank 0 informs, others warn
-        resolved = OmegaConf.to_container(dcfg, resolve=True)
-        cfg: Config = OmegaConf.to_object(dcfg)
+        resolved = cast(dict[str, Any], OmegaConf.to_container(dcfg, resolve=True))
+        cfg = cast(Config, OmegaConf.to_object(dcfg))  # the structured schema registered in nmt.config
         validate(cfg)
         from nmt.sweeps.cell import finish_cell, prepare_cell
         from nmt.training.trainer import Trainer

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 from conftest import run_module, train_smoke
 from nmt.config import StageConfig
@@ -113,9 +114,9 @@ def test_plan_never_lets_a_direction_in_early(best, n):
     planned = planned_entries(stages)
     assert set(planned) == set(best_step) and len(stages) <= n and stages[0].start_step == 0
     assert all(planned[d] >= 1000 - b for d, b in best_step.items())
-    for a, b in zip(stages, stages[1:]):  # nested and strictly later
+    for a, b in itertools.pairwise(stages):  # nested and strictly later
         assert set(a.directions) < set(b.directions) and a.start_step < b.start_step
     # Each stage starts exactly at the ideal entry of one of its new directions (its latest).
-    for a, b in zip(stages, stages[1:]):
+    for a, b in itertools.pairwise(stages):
         new = set(b.directions) - set(a.directions)
         assert b.start_step == max(1000 - best_step[d] for d in new)

@@ -148,7 +148,8 @@ def test_init_from_an_import_with_another_vocabulary_is_refused(hf_dir, prepared
     import_main([str(hf_dir), str(tmp_path / "imported")])
     proc = train_smoke(prepared_corpus, tmp_path / "run", f"trainer.init_from={tmp_path / 'imported'}", check=False)
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and last.startswith("error: ") and "vocabulary" in last and "binarize" in last, proc.stderr[-500:]
+    assert proc.returncode == 2 and last.startswith("error: ") and "vocabulary" in last \
+        and "binarize" in last, proc.stderr[-500:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -32,7 +32,7 @@ def test_timed_steps_fit_the_budget():
 
 def _state(trainer):
     return ({k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer.optimizer.state_dict(),
-            torch.get_rng_state(), trainer.loader.state_dict())
+            torch.get_rng_state(), trainer.data.loader.state_dict())
 
 
 def test_auto_leaves_the_run_untouched_and_records_its_figures(prepared_corpus, tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_auto_leaves_the_run_untouched_and_records_its_figures(prepared_corpus, 
     assert record["requested"] == "auto" and record["batch"] == "first training batch"
     assert 1 <= record["timed_steps"] <= precision.MAX_TIMED_STEPS
     assert set(record["tok_s"]) == {"fp32", "bf16"} and record["tokens"] > 0
-    first = next(fixed.loader)
+    first = next(fixed.data.loader)
     assert record["tokens"] == first.n_tgt_tokens  # timed on the run's own first batch
     assert "fp32" in record["reason"] and "bf16" in record["reason"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nmt.data.corpus_manifest import load_manifest
 from nmt.errors import UserError
 
 LOW = 1_000_000  # NLLB: low-resource below 1M pairs
@@ -35,8 +36,6 @@ def check_thresholds(low: int, very_low: int) -> None:
 
 def train_pair_lines(corpus: str | Path) -> dict[str, int]:
     """``{pair: train lines}`` from ``<corpus>/manifest.json`` (UserError naming the file if bad)."""
-    from data_prep.manifest import load_manifest  # the corpus format's one reader
-
     path = Path(corpus) / "manifest.json"
     out: dict[str, int] = {}
     for pair, info in load_manifest(corpus)["pairs"]["train"].items():

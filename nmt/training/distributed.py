@@ -78,7 +78,7 @@ def expand_hostlist(hostlist: str) -> list[str]:
 
 
 def _expand_ranges(ranges: str, hostlist: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for part in ranges.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
         if not m or (m[2] is not None and int(m[2]) < int(m[1])):

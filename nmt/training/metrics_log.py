@@ -24,7 +24,7 @@ class RunLogger:
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
 
     def _write(self, path: Path, record: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self._tb is None:
             return
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

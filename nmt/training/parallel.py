@@ -14,12 +14,13 @@ of an update that are not the last one (no redundant communication with ``update
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from nmt.models.moe import CMRLayer, Experts, MoELayer
 
@@ -48,9 +49,9 @@ def wrap(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
     ignored = set(experts.values())
     for mod in model.modules():  # MoE/CMR auxiliary losses: their gradient travels with the layer output
         if isinstance(mod, (MoELayer, CMRLayer)):
-            mod.attach_aux = True
+            mod.attach_aux = True  # type: ignore[assignment]  # a plain bool attribute (nn.Module's __setattr__ typing)
     for stack in (model.encoder_layers, model.decoder_layers):
-        for layer in stack:
+        for layer in stack:  # type: ignore[union-attr]  # a Transformer's nn.ModuleList
             fully_shard(layer, mesh=mesh, ignored_params=ignored & set(layer.parameters()))
     fully_shard(model, mesh=mesh, ignored_params=ignored)
     return model
@@ -66,7 +67,7 @@ def sync_gradients(model: nn.Module, sync: bool) -> Iterator[None]:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         with nullcontext() if sync else model.no_sync():
             yield
-    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+    elif isinstance(model, FSDPModule):  # FSDP2 (fully_shard)
         model.set_requires_gradient_sync(sync)
         yield
     else:
@@ -82,7 +83,9 @@ def clip_grad_norm(model: nn.Module, max_norm: float, experts: set[int] | None =
     and gradients scaled so that it is at most ``max_norm`` (``inf``: no clipping)."""
     if experts is None:  # ids of the expert-parallel parameters (the trainer passes them, computed once)
         experts = {id(p) for p in expert_parameters(unwrap(model)).values()}
-    grads, replicated, sharded = [], [], []
+    grads: list[torch.Tensor] = []
+    replicated: list[torch.Tensor] = []
+    sharded: list[torch.Tensor] = []
     for p in model.parameters():
         if p.grad is None:
             continue
@@ -92,10 +95,10 @@ def clip_grad_norm(model: nn.Module, max_norm: float, experts: set[int] | None =
         (sharded if id(p) in experts or hasattr(p.grad, "to_local") else replicated).append(sq)
     device = grads[0].device if grads else torch.device("cpu")
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    replicated, sharded = sum(replicated, zero), sum(sharded, zero)
+    replicated_sq, sharded_sq = sum(replicated, zero), sum(sharded, zero)
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(sharded)  # on the grads' device (CUDA with NCCL, CPU with gloo)
-    norm = math.sqrt(float(replicated + sharded))
+        dist.all_reduce(sharded_sq)  # on the grads' device (CUDA with NCCL, CPU with gloo)
+    norm = math.sqrt(float(replicated_sq + sharded_sq))
     if math.isfinite(norm) and norm > max_norm:
         coef = max_norm / (norm + 1e-6)
         for g in grads:

@@ -119,7 +119,8 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict
     existing = has_checkpoint(run_dir)
     if existing and mode == "false":
         raise UserError(f"{run_dir} already holds a run ({run_dir / 'checkpoints'}); continue it with "
-                        f"trainer.resume=true or start a new one elsewhere with hydra.run.dir=... (nothing was overwritten)")
+                        f"trainer.resume=true or start a new one elsewhere with hydra.run.dir=... "
+                        f"(nothing was overwritten)")
     if existing:
         _check_saved_positions(run_dir, config)
     if existing and mode == "auto":
@@ -139,7 +140,8 @@ def prepare_run_dir(run_dir: Path, spm_path: Path, spm_sha256: str, config: dict
         diff = _first_difference(saved, config) if isinstance(saved, dict) else f"{saved_path} is missing or unreadable"
         if diff:
             raise UserError(f"{run_dir} already holds a run with another config ({diff}); continue it anyway "
-                            f"with trainer.resume=true, or start a new run with hydra.run.dir=... (nothing was overwritten)")
+                            f"with trainer.resume=true, or start a new run with hydra.run.dir=... "
+                            f"(nothing was overwritten)")
         log.info(f"{run_dir} holds this run: resuming it (trainer.resume=auto)")
     run_dir.mkdir(parents=True, exist_ok=True)
     local = run_dir / "spm.model"

@@ -1,0 +1,97 @@
+"""What the benchmarks record about the machine and the work: the CPU and its bf16 units, the
+measured matmul peak (for MFU), peak memory, and the matmul FLOPs of one training step."""
+
+from __future__ import annotations
+
+import inspect
+import resource
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nmt.config import ModelConfig
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+def train_flops(batch: int, src_len: int, tgt_len: int, cfg: ModelConfig, vocab: int) -> float:
+    """Matmul FLOPs of one training step (2 FLOPs per multiply-add; backward = 2 × forward).
+
+    B sentences, S source and T target positions, width d, FFN width f, vocabulary V:
+
+        encoder layer   B·S·(8d² + 4df)         QKV (3d²), output projection (d²), FFN (2df)
+                      + 4·B·S²·d                scores QKᵀ and context AV
+        decoder layer   B·T·(12d² + 4df)        self QKV+out (4d²), cross Q+out (2d²), FFN (2df)
+                      + 4·B·S·d²                cross-attention K and V of the encoder output
+                      + 4·B·T²·d + 4·B·T·S·d    self and cross scores + context
+        output layer    2·B·T·d·V               tied embedding as the output projection
+
+        step = 3 · (Le·encoder + Ld·decoder + output layer)
+
+    i.e. 6·(matmul weights)·(tokens) plus the attention terms. Causal attention is counted in
+    full (the kernels compute the whole square); layer norms, softmax, the loss, embedding
+    look-ups and the optimizer are not counted. Base shape (64×64+64, d 512, f 2048, 6+6, 32k):
+    1.514 TFLOP per step.
+    """
+    b, s, t, d, f, v = batch, src_len, tgt_len, cfg.d_model, cfg.ffn_dim, vocab
+    enc = b * s * (8 * d * d + 4 * d * f) + 4 * b * s * s * d
+    dec = b * t * (12 * d * d + 4 * d * f) + 4 * b * s * d * d + 4 * b * t * t * d + 4 * b * t * s * d
+    out = 2 * b * t * d * v
+    return 3.0 * (cfg.encoder_layers * enc + cfg.decoder_layers * dec + out)
+
+
+def flops_formula() -> str:
+    lines = inspect.cleandoc(train_flops.__doc__ or "").splitlines()
+    first = next(i for i, line in enumerate(lines) if "encoder layer" in line)
+    last = next(i for i, line in enumerate(lines) if "step = 3" in line)
+    return textwrap.dedent("\n".join(lines[first: last + 1]))
+
+
+# ------------------------------------------------------------------------------ environment
+def matmul_peak(dtype: torch.dtype, n_max: int, repeats: int = 4) -> dict:
+    """Best-of-``repeats`` square matmul rate, over ``torch.mm`` and ``F.linear`` (the model's path;
+    on CPU they can take different kernels: for bf16 without hardware support F.linear was ~5×
+    faster than mm here). Grows the size up to ``n_max`` but stops at the size where one product
+    takes over 1/8 s (bf16 without hardware support can be ~100× slower than fp32)."""
+    n = 256
+    while True:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        best = float("inf")
+        for product in (torch.mm, F.linear):
+            product(a, b)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                product(a, b)
+                best = min(best, time.perf_counter() - t0)
+        if n >= n_max or best * 8 > 1.0:
+            return {"gflops": 2 * n ** 3 / best / 1e9, "n": n}
+        n *= 2
+
+
+def cpu_info() -> dict:
+    info: dict = {"model": None, "bf16_hardware": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and info["model"] is None:
+            info["model"] = value.strip()
+        if key.strip() == "flags":
+            flags = set(value.split())
+            info["bf16_hardware"] = sorted(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+            info["avx512"] = "avx512f" in flags
+            break
+    return info
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
