@@ -3,9 +3,12 @@
     python -m data_prep.binarize --corpus CORPUS [--spm CORPUS/spm.model] [--workers 2] [--overwrite]
 
 Writes ``<corpus>/bin/<split>/<pair>.<lang>.{bin,idx}`` (sentence pieces only: no tags, no
-eos) and ``<corpus>/bin/meta.json``. Lines are read in chunks and encoded by ``--workers``
-processes while the main process writes, so memory does not grow with the corpus. Everything
-is built in a temp directory that replaces ``bin/`` only when complete.
+eos) and ``<corpus>/bin/meta.json``. ``--spm`` another model (e.g. an import's ``EXPORT/spm.model``)
+also makes it the corpus vocabulary: it is copied to ``<corpus>/spm.model``, which training reads
+(a different one already there is kept as ``spm.<sha256[:12]>.model``, and needs ``--overwrite``).
+Lines are read in chunks and encoded by ``--workers`` processes while the main process writes, so
+memory does not grow with the corpus. Everything is built in a temp directory that replaces
+``bin/`` only when complete.
 """
 
 from __future__ import annotations
@@ -169,10 +172,37 @@ def binarize(corpus: Path, tok: Tokenizer, jobs: list[Job], out_dir: Path, worke
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.binarize", description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", required=True, type=Path, help="corpus directory (has manifest.json)")
-    ap.add_argument("--spm", type=Path, default=None, help="SentencePiece model (default CORPUS/spm.model)")
+    ap.add_argument("--spm", type=Path, default=None,
+                    help="SentencePiece model (default CORPUS/spm.model); another one becomes CORPUS/spm.model")
     ap.add_argument("--workers", type=int, default=2, help="encoding processes (default 2)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing bin/ directory")
     run(ap.parse_args(argv))
+
+
+def check_adopt_spm(corpus: Path, tok: Tokenizer, overwrite: bool) -> Tokenizer | None:
+    """The corpus's current ``spm.model`` when ``tok`` is another model that will replace it (refused
+    without ``--overwrite``: the corpus's bin/ and runs use it); None when nothing changes."""
+    current = corpus / "spm.model"
+    if not current.is_file():
+        return None
+    old = Tokenizer(current)
+    if old.sha256 != tok.sha256 and not overwrite:
+        raise UserError(f"{current} is a different SentencePiece model from {tok.path}: pass --overwrite to make "
+                        f"{tok.path} the corpus vocabulary (the old one is kept as spm.{old.sha256[:12]}.model)")
+    return old
+
+
+def adopt_spm(corpus: Path, tok: Tokenizer, old: Tokenizer | None) -> None:
+    """Make ``tok`` the corpus vocabulary (``<corpus>/spm.model``), keeping a replaced one beside it."""
+    current = corpus / "spm.model"
+    if Path(tok.path).resolve() == current.resolve() or (old is not None and old.sha256 == tok.sha256):
+        return
+    if old is not None:
+        shutil.copyfile(current, corpus / f"spm.{old.sha256[:12]}.model")
+    staged = corpus / f".spm.model.tmp-{os.getpid()}"
+    shutil.copyfile(tok.path, staged)
+    staged.replace(current)
+    print(f"{current} is now {tok.path} (sha256 {tok.sha256[:12]}…)")
 
 
 @exit_on_user_error
@@ -188,6 +218,7 @@ def run(args: argparse.Namespace) -> None:
                         f"--corpus {corpus} first (or pass --spm PATH)")
     tok = Tokenizer(spm_path)
     tok.check_tags()
+    corpus_tok = check_adopt_spm(corpus, tok, args.overwrite)
     bin_dir = corpus / "bin"
     if bin_dir.exists() and not args.overwrite:
         meta = read_meta(bin_dir)
@@ -216,6 +247,7 @@ def run(args: argparse.Namespace) -> None:
             old = Path(tempfile.mkdtemp(prefix=".bin-old.", dir=corpus))
             bin_dir.replace(old / "bin")
         tmp.replace(bin_dir)
+        adopt_spm(corpus, tok, corpus_tok)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:

@@ -178,6 +178,11 @@ class TrainerConfig:
     valid_max_sentences: int = 0  # per direction (the first N); 0: whole validation split
     max_bad_updates: int = 5  # stop after this many consecutive updates with a non-finite loss/gradient
     init_from: str = ""  # start from this checkpoint's weights (adapter parameters may be missing)
+    # Fine-tuning (nmt/training/finetune.py): parameter groups that get no gradient, a subset of
+    # [embeddings, encoder, decoder, experts]; and the multiplier of optim.lr for the parameters loaded
+    # from init_from (adapters added on top keep optim.lr).
+    freeze: list[str] = field(default_factory=list)
+    init_lr_scale: float = 1.0
     best_by: list[str] = field(default_factory=list)  # best.pt by these directions' mean valid loss; []: all
     # Count the forced target-language tag in the loss, as fairseq does without --ignore-prefix-size 1
     # (for comparing losses with fairseq logs); false: the tag position is ignored (NLLB inference forces it).
@@ -298,6 +303,19 @@ def validate_moe(x: MoEConfig, m: ModelConfig) -> None:
                "capacity_factor=1.0, no dropless/EOM/FOM/batch_prioritized: change those keys or use impl=native")
 
 
+FREEZE_GROUPS = ("embeddings", "encoder", "decoder", "experts")  # nmt.training.finetune names their parameters
+
+
+def validate_finetune(t: TrainerConfig) -> None:
+    _check(set(t.freeze) <= set(FREEZE_GROUPS) and len(set(t.freeze)) == len(t.freeze), "trainer.freeze",
+           list(t.freeze), f"use a subset of [{','.join(FREEZE_GROUPS)}], each once (model.adapters.freeze_base "
+           f"trains only adapters)")
+    _check(0 < t.init_lr_scale <= 1, "trainer.init_lr_scale", t.init_lr_scale,
+           "use a value in (0, 1]: the learning-rate multiplier of the parameters loaded from trainer.init_from")
+    _check(t.init_lr_scale == 1 or bool(t.init_from), "trainer.init_lr_scale", t.init_lr_scale,
+           "it scales the parameters loaded from trainer.init_from: set trainer.init_from or use 1")
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; the first violation raises a UserError naming its key."""
     m, d, s, o, t, e = cfg.model, cfg.data, cfg.sampling, cfg.optim, cfg.trainer, cfg.eval
@@ -368,6 +386,7 @@ def validate(cfg: Config) -> None:
     _check(t.checkpoint_format in ("auto", "pt", "dcp"), "trainer.checkpoint_format", t.checkpoint_format,
            "use auto, pt or dcp")
     _check(t.max_bad_updates >= 1, "trainer.max_bad_updates", t.max_bad_updates, "use at least 1")
+    validate_finetune(t)
     _check(t.valid_max_sentences >= 0, "trainer.valid_max_sentences", t.valid_max_sentences, "use 0 (all) or more")
     for direction, n in d.subsample.items():
         _check(n >= 1, f"data.subsample.{direction}", n, "keep at least 1 pair (or remove the entry)")

@@ -22,9 +22,12 @@ def text_lines(n: int = 120, seed: int = 0) -> list[str]:
     return [s for lang in LANGS for s in sentences(lang, n, seed)]
 
 
-def build_nllb_tokenizer(root: Path, legacy: bool = False):
+def build_nllb_tokenizer(root: Path, legacy: bool = False, without: tuple[str, ...] = ()):
+    """``without``: language codes left out of the tokenizer (a model that lacks those languages)."""
     from transformers import NllbTokenizer
-    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES as ALL_CODES
+
+    FAIRSEQ_LANGUAGE_CODES = [c for c in ALL_CODES if c not in without]
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "train.txt").write_text("\n".join(text_lines(300)), encoding="utf-8")
@@ -47,11 +50,12 @@ def build_nllb_tokenizer(root: Path, legacy: bool = False):
     return tok, spm_dir / "sentencepiece.bpe.model"
 
 
-def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, **overrides) -> Path:
+def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, without: tuple[str, ...] = (),
+                 **overrides) -> Path:
     """A random M2M100ForConditionalGeneration (d 64, 2+2 layers) + NLLB tokenizer, saved in root/hf."""
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-    tok, spm_path = build_nllb_tokenizer(root / "tok", legacy)
+    tok, spm_path = build_nllb_tokenizer(root / "tok", legacy, without)
     cfg = {"vocab_size": len(tok) + EXTRA_ROWS, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
                "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
                "decoder_ffn_dim": 128,
@@ -67,12 +71,12 @@ def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, **overrides) -
     return out
 
 
-def build_nllb_moe(root: Path, seed: int = 0) -> Path:
+def build_nllb_moe(root: Path, seed: int = 0, without: tuple[str, ...] = ()) -> Path:
     """A random NllbMoeForConditionalGeneration (d 64, 2+2 layers, 4 experts every 2nd layer,
     no token dropout at eval) + NLLB tokenizer, saved in root/hf."""
     from transformers import NllbMoeConfig, NllbMoeForConditionalGeneration
 
-    tok, spm_path = build_nllb_tokenizer(root / "tok")
+    tok, spm_path = build_nllb_tokenizer(root / "tok", without=without)
     cfg = NllbMoeConfig(vocab_size=len(tok) + EXTRA_ROWS, d_model=64, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
                         decoder_ffn_dim=128, max_position_embeddings=128, num_experts=4, encoder_sparse_step=2,

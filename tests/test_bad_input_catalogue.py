@@ -334,6 +334,8 @@ for _id, _overrides, _key in [
      "model.moe.inference"),
     ("max-bad-updates-zero", ["trainer.max_bad_updates=0"], "trainer.max_bad_updates"),
     ("schedule-bogus", ["optim.schedule=bogus"], "optim.schedule"),
+    ("freeze-unknown-group", ["trainer.freeze=[embeddings,everything]"], "trainer.freeze"),
+    ("init-lr-scale-without-init-from", ["trainer.init_lr_scale=0.5"], "trainer.init_lr_scale"),
 ]:
     case(TRAIN, _id)(lambda c, o=_overrides, k=_key: (train_args(c, *o), (f"config key {k}=",)))
 
@@ -377,6 +379,23 @@ def _(c):
 def _(c):
     run = c.run()
     return train_args(c, "trainer.resume=false", run=run), (str(run), "trainer.resume=true")
+
+
+def finetune_args(c: Ctx, *overrides: str) -> list:
+    return ["+recipe=nllb_finetune", "trainer.progress=false", *FAST, f"data.corpus={c.prepared}",
+            f"hydra.run.dir={c.tmp / 'run'}", *overrides]
+
+
+@case(TRAIN, "nllb-finetune-without-init-from")
+def _(c):
+    return finetune_args(c), ("model=from_init", "trainer.init_from=")
+
+
+@case(TRAIN, "nllb-finetune-model-override-conflicts-with-init-from")
+def _(c):
+    ckpt = c.run() / "checkpoints" / "last.pt"  # the tiny run (d_model 64); refused before its dir is touched
+    return finetune_args(c, f"trainer.init_from={ckpt}", "model.d_model=32"), \
+        ("model.d_model=32 conflicts", str(ckpt))
 
 
 # ---------------------------------------------------------------- nmt.evaluate

@@ -33,16 +33,21 @@ def scheduled_lr(step: int, cfg: OptimConfig, max_steps: int) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW (= Adam when weight_decay is 0, NLLB's setting) over trainable parameters only."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig,
+                    lr_scale: dict[int, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW (= Adam when weight_decay is 0, NLLB's setting) over trainable parameters only.
+    ``lr_scale`` (``id(param) → multiplier``) puts those parameters in groups whose ``lr_scale``
+    the trainer multiplies the scheduled learning rate by."""
     params = [p for p in model.parameters() if p.requires_grad]
+    scale = lr_scale or {}
     # FSDP2 parameters are DTensors, expert-parallel ones plain tensors: one group each, because a
     # fused/foreach step cannot mix the two (each group is stepped on its own).
-    sharded = [p for p in params if hasattr(p, "to_local")]
-    groups = [{"params": g} for g in (sharded, [p for p in params if not hasattr(p, "to_local")]) if g]
+    keys = sorted({(hasattr(p, "to_local"), scale.get(id(p), 1.0)) for p in params}, reverse=True)
+    groups = [{"params": [p for p in params if (hasattr(p, "to_local"), scale.get(id(p), 1.0)) == key],
+               **({"lr_scale": key[1]} if key[1] != 1.0 else {})} for key in keys]
     kwargs: dict[str, Any] = dict(lr=cfg.warmup_init_lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
-    arg: list[dict[str, Any]] | list[nn.Parameter] = groups if len(groups) > 1 else params
+    arg: list[dict[str, Any]] | list[nn.Parameter] = groups if len(groups) > 1 or scale else params
     try:
         return torch.optim.AdamW(arg, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused kernels unavailable for this device/dtype

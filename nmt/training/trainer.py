@@ -32,6 +32,7 @@ from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training import distributed, preemption
 from nmt.training.checkpoint_manager import CheckpointManager
+from nmt.training.finetune import freeze_parameters, lr_scales, take_architecture_from_init
 from nmt.training.loss import label_smoothed_nll, with_target_tag
 from nmt.training.metrics_log import RunLogger
 from nmt.training.optim import build_optimizer, scheduled_lr
@@ -58,6 +59,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resolved_config: dict[str, Any]):
         self.cfg, self.run_dir, self.resolved_config = cfg, Path(run_dir), resolved_config
         self.device = self._setup_process()
+        take_architecture_from_init(cfg, resolved_config)  # model=from_init: trainer.init_from's architecture
         self.corpus, self.tokenizer, self.directions, self.valid_directions = self._open_corpus()
         self.resume = distributed.on_rank0(self._prepare_run_dir)
         self.data = TrainData(cfg, self.corpus, self.directions, self.valid_directions, self.rank, self.world)
@@ -66,7 +68,8 @@ class Trainer:
         self.model = self._prepare_model()
         self.wrapped = wrap(self.model, cfg.trainer.parallel, self.device) if self.world > 1 else self.model
         self.expert_ids = {id(p) for p in expert_parameters(self.model).values()}  # for the global gradient norm
-        self.optimizer = build_optimizer(self.wrapped, cfg.optim)
+        self.optimizer = build_optimizer(self.wrapped, cfg.optim,
+                                         lr_scales(self.wrapped, cfg.trainer.init_from, cfg.trainer.init_lr_scale))
         self._seed_rank()
         self.precision, self.autocast = self._choose_precision()
         self.validator = self._make_validator()
@@ -130,6 +133,7 @@ class Trainer:
         if self.cfg.model.adapters.freeze_base:
             for name, p in model.named_parameters():
                 p.requires_grad_(is_adapter_parameter(name))
+        freeze_parameters(model, list(self.cfg.trainer.freeze))
         log.info(parameter_report(model))
         return model
 
@@ -284,7 +288,7 @@ class Trainer:
         stats.gnorm = float(clip_grad_norm(self.wrapped, clip if clip > 0 else float("inf"), self.expert_ids))
         stats.lr = scheduled_lr(self.state.step + 1, self.cfg.optim, self.cfg.trainer.max_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = stats.lr
+            group["lr"] = stats.lr * group.get("lr_scale", 1.0)  # trainer.init_lr_scale
         stats.skipped = int(not stats.finite())
         if not stats.skipped:
             self.optimizer.step()

@@ -178,8 +178,8 @@ def report(args: AddLanguage, old: Tokenizer, edit: VocabEdit, text: list[str] |
     if old_text is not None:
         share = spm_edit.changed_lines(old_sp, new_sp, old_text)
         print(f"segmentation of {args.old_text}: {share:.2%} of its lines changed")
-    print(f"wrote {args.out}/; fine-tune with trainer.init_from={args.out} on a corpus binarized with "
-          f"{args.out}/spm.model")
+    print(f"wrote {args.out}/; binarize the fine-tuning corpus with python -m data_prep.binarize --corpus CORPUS "
+          f"--spm {args.out}/spm.model --overwrite, then train with +recipe=nllb_finetune trainer.init_from={args.out}")
 
 
 def add_language(args: AddLanguage) -> dict:
