@@ -67,7 +67,8 @@ def worker_train(spec: dict) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nmt.config import register, validate
+    from nmt.config import register
+    from nmt.config_checks import validate
     from nmt.models.transformer import count_parameters
     from nmt.training.parallel import expert_parameters, unwrap
     from nmt.training.trainer import Trainer

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -145,11 +146,16 @@ def binarize(corpus: Path, tok: Tokenizer, jobs: list[Job], out_dir: Path, worke
         writer.finalize()
         writer = None
 
+    def _consume_result(j: int, result: Any, last: bool) -> None:  # an AsyncResult of _encode_chunk
+        flat, sizes = result.get()
+        consume(j, flat, sizes, last)
+
     try:
         if workers <= 1:
             _init_worker(str(tok.path), tok.sha256)
             for j, lines, last in _chunks(jobs):
-                consume(j, *_encode_chunk(lines), last)
+                flat, sizes = _encode_chunk(lines)
+                consume(j, flat, sizes, last)
         else:
             ctx = mp.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok.path), tok.sha256)) as pool:
@@ -157,11 +163,9 @@ def binarize(corpus: Path, tok: Tokenizer, jobs: list[Job], out_dir: Path, worke
                 for j, lines, last in _chunks(jobs):
                     pending.append((j, pool.apply_async(_encode_chunk, (lines,)), last))
                     if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
-                        pj, res, plast = pending.popleft()
-                        consume(pj, *res.get(), plast)
+                        _consume_result(*pending.popleft())
                 while pending:
-                    pj, res, plast = pending.popleft()
-                    consume(pj, *res.get(), plast)
+                    _consume_result(*pending.popleft())
     finally:
         bar.close()
         if writer is not None:

@@ -17,7 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import Config, register, validate
+from nmt.config import Config, register
+from nmt.config_checks import validate
 from nmt.errors import UserError, exit_on_user_error
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

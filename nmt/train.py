@@ -1,6 +1,6 @@
 """``python -m nmt.train +recipe=NAME [overrides]`` — one training run (``-m`` for sweeps).
 
-Hydra composes the config; :func:`nmt.config.validate` checks it; the Trainer runs in the
+Hydra composes the config; :func:`nmt.config_checks.validate` checks it; the Trainer runs in the
 Hydra run directory (``outputs/<name>`` by default, ``hydra.run.dir=...`` to choose).
 """
 
@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import Config, register, validate
+from nmt.config import Config, register
+from nmt.config_checks import validate
 from nmt.errors import EXIT_USER_ERROR, UserError, fail
 from nmt.logs import setup_logging
 from nmt.training import distributed

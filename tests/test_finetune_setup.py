@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import run_module, train_smoke
-from nmt.config import AdapterConfig, Config, ModelConfig, MoEConfig, validate
+from nmt.config import AdapterConfig, Config, ModelConfig, MoEConfig
+from nmt.config_checks import validate
 from nmt.errors import UserError
 from nmt.models.build import build_model
 from nmt.training import finetune

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nmt.config import ModelConfig, MoEConfig, validate_moe
+from nmt.config import ModelConfig, MoEConfig
+from nmt.config_checks import validate_moe
 from nmt.errors import UserError
 from nmt.models.ffn import BatchContext
 from nmt.models.moe import MoELayer, capacity

@@ -17,7 +17,8 @@ import math
 import pytest
 import torch
 
-from nmt.config import ModelConfig, MoEConfig, validate_moe
+from nmt.config import ModelConfig, MoEConfig
+from nmt.config_checks import validate_moe
 from nmt.errors import UserError
 from nmt.models.build import build_model
 from nmt.models.ffn import BatchContext, DenseFFN

@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_module
-from nmt.config import register, validate
+from nmt.config import register
+from nmt.config_checks import validate
 from nmt.inference import Translator
 from nmt.models.moe import MoELayer
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from nmt.config import FREEZE_GROUPS as GROUP_NAMES
 from nmt.config import Config, ModelConfig, MoEConfig, saved_model_config
+from nmt.config_checks import FREEZE_GROUPS as GROUP_NAMES
 from nmt.errors import UserError
 from nmt.models.build import is_adapter_parameter
 
@@ -83,7 +83,7 @@ def _set(model: ModelConfig, resolved: dict[str, Any], key: str, value: Any) -> 
 
 
 def freeze_parameters(model: nn.Module, groups: list[str]) -> int:
-    """Stop the gradients of ``trainer.freeze`` groups (names checked by nmt.config.validate); returns
+    """Stop the gradients of ``trainer.freeze`` groups (names checked by nmt.config_checks.validate); returns
     the number of frozen tensors."""
     prefixes = tuple(p for g in groups for p in FREEZE_GROUPS[g])
     frozen = 0
@@ -108,4 +108,4 @@ def lr_scales(model: nn.Module, init_from: str, scale: float) -> dict[int, float
 
 
 assert {f.name for f in fields(MoEConfig)} >= TRAINING_MOE_KEYS  # the names above are MoEConfig's
-assert tuple(FREEZE_GROUPS) == GROUP_NAMES  # the names nmt.config.validate accepts
+assert tuple(FREEZE_GROUPS) == GROUP_NAMES  # the names nmt.config_checks.validate accepts
