@@ -123,7 +123,7 @@ def read_rows(path: Path, kind: str) -> list[str]:
     numeric id, else in file order."""
     if kind == "parquet":
         try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found]  # optional
+            import pyarrow.parquet as pq  # a dependency; the message below covers an install without it
         except ImportError:
             raise UserError(f"{path}: reading Flores+ parquet files needs pyarrow (pip install pyarrow); "
                             "or use the Flores+ text release (<split>/<split>.<code>) or the jsonl files") from None
