@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -93,3 +94,17 @@ def sha256_file(path: Path | str) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json_object(path: Path, *, missing: str, fix: str) -> dict:
+    """The JSON object in ``path``; one UserError naming the file otherwise (``missing``: what a
+    missing file means, ``fix``: what to do about any of these)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing{missing}; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or not JSON ({str(e)[:120]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object; {fix}")
+    return data

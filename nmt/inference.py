@@ -14,7 +14,6 @@ sha256 the checkpoint records). No code from any of these files is ever run.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -29,7 +28,7 @@ from nmt.data.tokenizer import FIRST_TAG_ID, Tokenizer
 from nmt.device import resolve_device
 from nmt.errors import UserError
 from nmt.eval.search import beam_search
-from nmt.fileio import sha256_file
+from nmt.fileio import read_json_object, sha256_file
 from nmt.langs import all_tag_tokens, languages_of, normalize_lang
 from nmt.models.build import build_model
 from nmt.models.transformer import PAD, Transformer
@@ -190,13 +189,8 @@ def read_export_config(export_dir: Path) -> dict[str, Any]:
     """``config.json`` of an export directory, checked for format and version."""
     cfg_path = export_dir / CONFIG
     fix = "re-export it with python -m nmt.export CKPT DIR --overwrite"
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{cfg_path} is missing, so {export_dir} is not a complete export; {fix}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{cfg_path} is unreadable or not JSON ({str(e)[:120]}); {fix}") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+    meta = read_json_object(cfg_path, missing=f", so {export_dir} is not a complete export", fix=fix)
+    if meta.get("format") != EXPORT_FORMAT:
         raise UserError(f"{cfg_path} is not an nmt export config (\"format\": \"{EXPORT_FORMAT}\" expected); {fix}")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > EXPORT_VERSION:

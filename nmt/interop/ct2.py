@@ -28,7 +28,7 @@ from typing import Any
 
 from nmt import __version__
 from nmt.errors import UserError
-from nmt.fileio import atomic_dir, sha256_file
+from nmt.fileio import atomic_dir, read_json_object, sha256_file
 from nmt.langs import FLORES200
 
 CT2_FORMAT = "ct2"
@@ -56,13 +56,8 @@ def read_ct2_config(ct2_dir: Path) -> dict[str, Any]:
     """``config.json`` of a ct2 export, checked; UserError naming the file otherwise."""
     path = ct2_dir / CONFIG
     fix = f"convert it again with python -m nmt.export CKPT {ct2_dir} --format ct2 --overwrite"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing, so {ct2_dir} is not a ct2 export; {fix}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or not JSON ({str(e)[:120]}); {fix}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CT2_FORMAT:
+    meta = read_json_object(path, missing=f", so {ct2_dir} is not a ct2 export", fix=fix)
+    if meta.get("format") != CT2_FORMAT:
         raise UserError(f"{path} is not an nmt ct2 export config (\"format\": \"{CT2_FORMAT}\" expected); "
                         f"backend=ct2 takes a directory written by python -m nmt.export CKPT OUT --format ct2")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > CT2_VERSION:

@@ -5,28 +5,20 @@ Every problem is a UserError naming the file and the fix; nothing here writes an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from nmt.errors import UserError
+from nmt.fileio import read_json_object
 from nmt.interop.hf_tokenizer import SPM_FILE
 
 NLLB_DEFAULT_CODES_NOTE = "Transformers' NLLB default list (FAIRSEQ_LANGUAGE_CODES)"
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing; pass a Transformers model directory (save_pretrained output)") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or not JSON ({str(e)[:120]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return data
+    return read_json_object(path, missing="", fix="pass a Transformers model directory (save_pretrained output)")
 
 
 def read_weights(hf_dir: Path) -> dict[str, Tensor]:
