@@ -80,30 +80,44 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def clip_grad_norm(model: nn.Module, max_norm: float, experts: set[int] | None = None) -> float:
     """Global L2 norm of all gradients (replicated ones counted once, shards summed over ranks),
-    and gradients scaled so that it is at most ``max_norm`` (``inf``: no clipping)."""
+    and gradients scaled so that it is at most ``max_norm`` (``inf``: no clipping).
+
+    Per-tensor norms come from one fp64-accumulating ``_foreach_norm`` per kind (not one
+    upcast copy, square and sum per parameter: ~300 fewer ops per update, which dominated
+    for small models); their squares are summed in fp64 and stay on the device until the one
+    transfer at the end."""
     if experts is None:  # ids of the expert-parallel parameters (the trainer passes them, computed once)
         experts = {id(p) for p in expert_parameters(unwrap(model)).values()}
-    grads: list[torch.Tensor] = []
     replicated: list[torch.Tensor] = []
     sharded: list[torch.Tensor] = []
     for p in model.parameters():
-        if p.grad is None:
-            continue
-        g = _local(p.grad)
-        grads.append(g)
-        sq = g.detach().double().pow(2).sum()  # stays on the device: one transfer at the end
-        (sharded if id(p) in experts or hasattr(p.grad, "to_local") else replicated).append(sq)
+        if p.grad is not None:
+            (sharded if id(p) in experts or hasattr(p.grad, "to_local") else replicated).append(_local(p.grad))
+    grads = replicated + sharded
     device = grads[0].device if grads else torch.device("cpu")
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    replicated_sq, sharded_sq = sum(replicated, zero), sum(sharded, zero)
+    replicated_sq, sharded_sq = _sum_of_squares(replicated, device), _sum_of_squares(sharded, device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(sharded_sq)  # on the grads' device (CUDA with NCCL, CPU with gloo)
     norm = math.sqrt(float(replicated_sq + sharded_sq))
     if math.isfinite(norm) and norm > max_norm:
-        coef = max_norm / (norm + 1e-6)
-        for g in grads:
-            g.mul_(coef)
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
     return norm
+
+
+def _sum_of_squares(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``Σ ‖g‖²`` over ``grads`` as an fp64 scalar on ``device`` (0 for an empty list)."""
+    if not grads:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    norms = torch._foreach_norm([g.detach() for g in grads], 2, dtype=torch.float64)
+    return torch.stack(norms).square().sum()
+
+
+def scale_gradients(model: nn.Module, factor: float) -> None:
+    """Every gradient times ``factor`` in one foreach op (the same products as a ``mul_`` per
+    parameter, without a dispatch each); sharded gradients are scaled through their local shard."""
+    grads = [_local(p.grad) for p in model.parameters() if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

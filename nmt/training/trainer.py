@@ -40,6 +40,7 @@ from nmt.training.parallel import (
     all_sum,
     clip_grad_norm,
     expert_parameters,
+    scale_gradients,
     sync_gradients,
     wrap,
 )
@@ -280,10 +281,7 @@ class Trainer:
         the weights and optimizer state do not change)."""
         # Gradients of summed losses, normalised once by all target tokens of the update (DDP/FSDP
         # average over ranks, hence the factor world).
-        scale = self.world / max(stats.tokens, 1)
-        for p in self.wrapped.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
+        scale_gradients(self.wrapped, self.world / max(stats.tokens, 1))
         clip = self.cfg.optim.clip_norm
         stats.gnorm = float(clip_grad_norm(self.wrapped, clip if clip > 0 else float("inf"), self.expert_ids))
         stats.lr = scheduled_lr(self.state.step + 1, self.cfg.optim, self.cfg.trainer.max_steps)
