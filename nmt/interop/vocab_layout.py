@@ -87,23 +87,34 @@ def spare_tokens() -> list[str]:
     return [t for t in all_tag_tokens() if SPARE.match(t)]
 
 
-def make_layout(n_internal: int, codes: list[str], has_mask: bool, spares: list[str] | None = None) -> Layout:
+def make_layout(n_internal: int, codes: list[str], has_mask: bool, spares: list[str] | None = None,
+                piece_fids: list[int] | None = None, added: dict[str, int] | None = None) -> Layout:
     """The layout of an internal vocabulary of ``n_internal`` ids whose pieces follow the tags;
     ``codes`` (Flores-200) become the fairseq codes. ``spares`` (``__spareN__`` names, a model
     trained here): those slots follow the codes and the one spare slot not listed becomes the
     fairseq ``<mask>`` (``has_mask`` then says the fairseq side has it; our vocabulary has no
-    ``<mask>`` piece). Without ``spares``, ``has_mask`` means our last id is ``<mask>``."""
-    unknown = [c for c in codes if c not in FLORES200]
+    ``<mask>`` piece). Without ``spares``, ``has_mask`` means our last id is ``<mask>``.
+
+    ``piece_fids``: the fairseq id of each of our ids from ``FIRST_PIECE`` on (-1: a row the
+    fairseq side lacks), for a vocabulary whose piece ids come from a table (M2M-100's
+    ``vocab.json``); by default our piece k is fairseq piece k (NLLB: SentencePiece id + 1).
+    ``added``: codes that are not Flores-200, with the spare tag slot (our id) each occupies."""
+    added = dict(added or {})
+    unknown = [c for c in codes if c not in FLORES200 and c not in added]
     if unknown:
         raise UserError(f"language codes {', '.join(unknown[:5])} are not Flores-200 codes; nmt's tag slots "
                         f"hold Flores-200 languages only (see nmt.langs.FLORES200)")
     spares = list(spares or [])
     mask_slot = _mask_slot(spares) if spares else None
     own_mask = has_mask and mask_slot is None
-    n_pieces = n_internal - FIRST_PIECE - int(own_mask)
-    fid = [1, 3, 0, 2] + [-1] * N_TAGS + [4 + k for k in range(n_pieces)]
+    if piece_fids is None:
+        n_pieces = n_internal - FIRST_PIECE - int(own_mask)
+        piece_fids = [4 + k for k in range(n_pieces)]
+    else:
+        n_pieces = sum(f >= 0 for f in piece_fids)
+    fid = [1, 3, 0, 2] + [-1] * N_TAGS + list(piece_fids)
     tail = [lang_tag(c) for c in codes] + spares
-    slot = {t: 4 + i for i, t in enumerate(all_tag_tokens())}
+    slot = {t: 4 + i for i, t in enumerate(all_tag_tokens())} | {lang_tag(c): i for c, i in added.items()}
     for j, tag in enumerate(tail):
         fid[slot[tag]] = 4 + n_pieces + j
     if own_mask:
