@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from _fixtures_hf import M2M_LEFT_OUT, M2M_ONLY, ban_after_tag, build_m2m100, hf_model, maps, text_lines
 from nmt.import_hf import main as import_main
@@ -120,6 +121,18 @@ def test_translator_gives_generate_output(imported):
     assert 3 <= ended.count(False) <= len(lines) - 3, ended  # both kinds of ending are compared
 
 
+@pytest.mark.slow
+def test_translate_cli_reads_the_import(imported, tmp_path):
+    from conftest import run_module
+
+    _, ours_dir = imported
+    (tmp_path / "in.txt").write_text("\n".join(text_lines(1, 2)) + "\n", encoding="utf-8")
+    for src, tgt in (("eng_Latn", "fra_Latn"), ("bre_Latn", "fry_Latn")):  # fry_Latn: M2M-100's fy, a spare slot
+        proc = run_module("nmt.translate", f"ckpt={ours_dir}", f"src_lang={src}", f"tgt_lang={tgt}",
+                          f"input={tmp_path / 'in.txt'}", "beam=2")
+        assert len(proc.stdout.splitlines()) == 4, proc.stderr[-300:]
+
+
 def test_import_export_hf_loads_in_transformers(imported, tmp_path):
     from nmt.export import main as export_main
 
@@ -136,7 +149,12 @@ def test_import_export_hf_loads_in_transformers(imported, tmp_path):
     with torch.no_grad():
         a = model(**enc, decoder_input_ids=dec).logits
         b = orig(**enc, decoder_input_ids=dec).logits
-    assert torch.allclose(a, b[..., : a.shape[-1]], atol=1e-5)
+    assert a.shape[-1] == b.shape[-1] - 8 and torch.allclose(a, b[..., : a.shape[-1]], atol=1e-5)  # no madeup rows
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == "M2M100Tokenizer"
+    import_main([str(tmp_path / "hf"), str(tmp_path / "again")])  # and back: the same model and vocabulary
+    x, y = load_file(ours_dir / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert (ours_dir / "spm.model").read_bytes() == (tmp_path / "again" / "spm.model").read_bytes()
 
 
 def test_m2m_codes_are_transformers_list_in_order():

@@ -219,8 +219,9 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / SPM).write_bytes(ours_spm)
         write_export_dir(out, state, config, Path(tmp) / SPM, what=f"checkpoint {src}")
+    spare = f"; {', '.join(vocab.added)} (no Flores-200 code) in spare tag slots" if vocab.added else ""
     print(f"imported {src} ({hf_cfg.get('model_type')}, {len(codes)} language codes from {codes_from}, "
-          f"source convention {convention}); wrote {out}/: use it with python -m nmt.translate ckpt={out} "
+          f"source convention {convention}{spare}); wrote {out}/: use it with python -m nmt.translate ckpt={out} "
           f"src_lang=eng_Latn tgt_lang=fra_Latn", flush=True)
     return config
 

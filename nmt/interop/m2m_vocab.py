@@ -95,3 +95,27 @@ def piece_fids_of(spm_bytes: bytes) -> list[int] | None:
         return None
     a, b = names.index(UNK_PIECES[0]), names.index(UNK_PIECES[1])
     return [4 + k for k in range(a)] + [-1] * (b - a + 1) + [4 + a + k for k in range(len(names) - b - 1)]
+
+
+def write_m2m_tokenizer(out: Path, spm_bytes: bytes, fairseq_ids: dict[str, int], language_codes: str) -> None:
+    """Transformers' ``M2M100Tokenizer`` files in ``out`` for our vocabulary ``spm_bytes`` (an
+    M2M-100 import): ``vocab.json`` = ``fairseq_ids`` (piece -> fairseq id, specials included),
+    ``sentencepiece.bpe.model`` = our normal pieces (those read as ``<unk>`` too, so text segments as
+    before) with SentencePiece's specials, ``tokenizer_config.json`` naming ``language_codes``."""
+    import json
+    import tempfile
+
+    from transformers import M2M100Tokenizer
+
+    from nmt.interop.hf_tokenizer import SPM_FILE
+    from nmt.interop.vocab_layout import FIRST_PIECE
+
+    src = spm_pb2.ModelProto()
+    src.ParseFromString(spm_bytes)
+    pieces = [p for p in src.pieces[FIRST_PIECE:] if p.type != Piece.CONTROL]
+    fs_spm = _rebuilt(src, SPM_SPECIALS, pieces, {"pad": -1, "unk": 0, "bos": 1, "eos": 2})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / VOCAB_FILE).write_text(json.dumps(fairseq_ids, ensure_ascii=False), encoding="utf-8")
+        (Path(tmp) / SPM_FILE).write_bytes(fs_spm)
+        tok = M2M100Tokenizer(str(Path(tmp) / VOCAB_FILE), str(Path(tmp) / SPM_FILE), language_codes=language_codes)
+        tok.save_pretrained(str(out))
