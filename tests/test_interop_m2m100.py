@@ -157,6 +157,16 @@ def test_import_export_hf_loads_in_transformers(imported, tmp_path):
     assert (ours_dir / "spm.model").read_bytes() == (tmp_path / "again" / "spm.model").read_bytes()
 
 
+def test_ct2_export_is_refused_clearly(imported, tmp_path, capsys):
+    from nmt.export import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main([str(imported[1]), str(tmp_path / "ct2"), "--format", "ct2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "M2M-100 tokenizer" in err and "backend=torch" in err, err
+    assert not (tmp_path / "ct2").exists()
+
+
 def test_m2m_codes_are_transformers_list_in_order():
     from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
 
