@@ -26,9 +26,9 @@ from nmt.interop.vocab_layout import (
     OUR_SPECIALS,
     SPM_SPECIALS,
     Piece,
-    _check_spm_specials,
-    _piece,
-    _rebuilt,
+    check_spm_specials,
+    new_piece,
+    rebuilt_proto,
     spm_pb2,
 )
 from nmt.langs import FLORES200, all_tag_tokens, lang_tag
@@ -62,7 +62,7 @@ def m2m_spm_to_internal(spm_bytes: bytes, vocab: dict[str, int], where: str,
     take the first spare tag slots (``__spareN__`` renamed, as ``nmt.vocab add-language`` does)."""
     src = spm_pb2.ModelProto()
     src.ParseFromString(spm_bytes)
-    _check_spm_specials(src, SPM_SPECIALS, where)
+    check_spm_specials(src, SPM_SPECIALS, where)
     pieces = {p.piece: p for p in src.pieces[len(SPM_SPECIALS):]}
     clash = sorted(set(vocab) & (set(all_tag_tokens()) | set(UNK_PIECES)))
     if clash:
@@ -70,16 +70,16 @@ def m2m_spm_to_internal(spm_bytes: bytes, vocab: dict[str, int], where: str,
     tags = all_tag_tokens()
     for i, code in enumerate(added):
         tags[len(FLORES200) + i] = lang_tag(code)
-    body = [_piece(t, Piece.USER_DEFINED) for t in tags]
+    body = [new_piece(t, Piece.USER_DEFINED) for t in tags]
     fids: list[int] = []
     for token, fid in sorted(vocab.items(), key=lambda kv: kv[1])[len(FAIRSEQ_SPECIALS):]:
-        body.append(pieces[token] if token in pieces else _piece(token, Piece.CONTROL))
+        body.append(pieces[token] if token in pieces else new_piece(token, Piece.CONTROL))
         fids.append(fid)
     unk = [p for t, p in pieces.items() if t not in vocab]
     if unk:
-        body += [_piece(UNK_PIECES[0], Piece.CONTROL), *unk, _piece(UNK_PIECES[1], Piece.CONTROL)]
+        body += [new_piece(UNK_PIECES[0], Piece.CONTROL), *unk, new_piece(UNK_PIECES[1], Piece.CONTROL)]
         fids += [-1] * (len(unk) + 2)
-    return _rebuilt(src, OUR_SPECIALS, body, {"pad": 0, "unk": 1, "bos": 2, "eos": 3}), fids
+    return rebuilt_proto(src, OUR_SPECIALS, body, {"pad": 0, "unk": 1, "bos": 2, "eos": 3}), fids
 
 
 def piece_fids_of(spm_bytes: bytes) -> list[int] | None:
@@ -113,7 +113,7 @@ def write_m2m_tokenizer(out: Path, spm_bytes: bytes, fairseq_ids: dict[str, int]
     src = spm_pb2.ModelProto()
     src.ParseFromString(spm_bytes)
     pieces = [p for p in src.pieces[FIRST_PIECE:] if p.type != Piece.CONTROL]
-    fs_spm = _rebuilt(src, SPM_SPECIALS, pieces, {"pad": -1, "unk": 0, "bos": 1, "eos": 2})
+    fs_spm = rebuilt_proto(src, SPM_SPECIALS, pieces, {"pad": -1, "unk": 0, "bos": 1, "eos": 2})
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / VOCAB_FILE).write_text(json.dumps(fairseq_ids, ensure_ascii=False), encoding="utf-8")
         (Path(tmp) / SPM_FILE).write_bytes(fs_spm)
