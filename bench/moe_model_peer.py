@@ -114,6 +114,11 @@ def summarize(walls: list[float], cpus: list[float], tokens: int, rows: int) -> 
             "expert_rows_per_step": rows / len(walls)}
 
 
+def share_weights(ours: System, peer: System) -> None:
+    """The peer's current weights into our model (nmt.import_hf's map): both route alike."""
+    ours.model.load_state_dict(nllbmoe_peer.ours_from_peer(peer.model.state_dict(), ours.model.cfg))
+
+
 def time_precision(ours: System, peer: System, ours_rows: dict[str, int], batches: list[Batch], prec: str,
                    args: argparse.Namespace, seconds: float) -> dict:
     """Warm-up of both, the peer's weights into ours, then interleaved timed steps."""
@@ -122,7 +127,7 @@ def time_precision(ours: System, peer: System, ours_rows: dict[str, int], batche
         for s in (ours, peer):
             wall, _ = train_step(s, batches[i % len(batches)], prec)
             log(f"  [{prec}] {s.name} warm-up step {wall:.2f}s")
-    ours.model.load_state_dict(nllbmoe_peer.ours_from_peer(peer.model.state_dict(), ours.model.cfg))
+    share_weights(ours, peer)
     nllbmoe_peer.rows_computed(peer.model)  # resets the peer's count
     ours_rows["rows"] = 0
     walls: dict[str, list[float]] = {"ours": [], "peer": []}
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         rss["ours_gib"] = peak_rss_gib()  # one step of ours, before the peer exists
     peer = build_peer(cfg, args.vocab)
     if args.profile:
+        share_weights(ours, peer)
         profile(ours, peer, batches, todo, args.top)
         return None
     for n, prec in enumerate(todo):
