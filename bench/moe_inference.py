@@ -19,8 +19,8 @@ decodes the same number of steps:
   (k ∈ {E, E/2, E/4}), the others read from the memory-mapped safetensors file on demand.
 
 Encoder and decoder are timed separately (wall time inside ``model.encode`` / ``model.decode``).
-``--ckpt`` (a .pt, a .dcp, an export, or a run directory: its checkpoints/best.pt) adds the same
-configurations for a trained model, translating ``--src-file``. The last stdout line is one JSON
+``--ckpt`` (comma-separated: a .pt, a .dcp, an export, or a run directory: its checkpoints/best.pt)
+adds the same configurations for each trained model, translating ``--src-file``. The last stdout line is one JSON
 object, also written to bench/results/moe_inference.json (not with ``--quick``).
 """
 
@@ -84,6 +84,8 @@ def _timed(model, eos_penalty: float = 0.0) -> dict[str, float]:
 
 
 def _load_random(spec: dict, weights: str, mode: str, resident: int, policy: str):
+    """``resident`` > 0: a K-expert buffer over the file; -1: no expert weights at all (width-1
+    placeholder experts, the ``base`` row: what the process holds besides expert weights)."""
     from safetensors import safe_open
 
     from nmt.models.build import build_model
@@ -95,6 +97,10 @@ def _load_random(spec: dict, weights: str, mode: str, resident: int, policy: str
         state = {k: f.get_tensor(k) for k in f.keys() if not (resident and is_expert_key(k))}
         prefixes = {k[:-2] for k in f.keys() if k.endswith(".experts.w1")}
     model.load_state_dict(state, strict=not resident)
+    if resident < 0:
+        del state
+        model.cfg.moe.inference = mode
+        return model
     del state
     if resident:
         tiers = {p: SafetensorsTier(weights, p, torch.device("cpu")) for p in prefixes}
@@ -148,11 +154,31 @@ def worker(job: dict) -> None:
 
 
 def configurations(experts: int) -> list[tuple[str, str, int, str]]:
-    """(name, mode, resident K, policy): static, dynamic, then buffering with K ∈ {E, E/2, E/4}."""
-    out = [("static", "static", 0, "lru"), ("dynamic", "dynamic", 0, "lru")]
+    """(name, mode, resident K, policy): ``base`` (no expert weights, random models only: the
+    process's peak RSS besides expert weights), static, dynamic, then buffering with
+    K ∈ {E, E/2, E/4}."""
+    out = [("base", "dynamic", -1, "lru"), ("static", "static", 0, "lru"), ("dynamic", "dynamic", 0, "lru")]
     for k in dict.fromkeys((experts, experts // 2, experts // 4)):
         if k >= 2:
             out += [(f"buffer_K{k}_{p}", "dynamic", k, p) for p in ("lru", "lifo")]
+    return out
+
+
+def summarize(rows: dict, experts: int) -> dict:
+    """The issue's ratios: dynamic gating's speed-up over static capacity (encoder, decoder), and
+    K = E/4 buffering (each policy): expert-weight RSS cut and time, both against ``dynamic``."""
+    st, dyn = rows["static"], rows["dynamic"]
+    out = {"encoder_speedup": st["encoder_s"] / dyn["encoder_s"], "decoder_speedup": st["decoder_s"] / dyn["decoder_s"]}
+    out["dynamic_target_met"] = out["encoder_speedup"] >= 2.0 and out["decoder_speedup"] >= 1.0
+    for policy in ("lru", "lifo"):
+        buf = rows.get(f"buffer_K{experts // 4}_{policy}")
+        if buf is None:
+            continue
+        out[f"k_quarter_{policy}_time"] = buf["total_s"] / dyn["total_s"]
+        if "expert_rss_mib" in buf and buf["expert_rss_mib"] > 0:
+            cut = dyn["expert_rss_mib"] / buf["expert_rss_mib"]
+            out[f"k_quarter_{policy}_expert_rss_cut"] = cut
+            out[f"k_quarter_{policy}_target_met"] = cut >= 2.0 and out[f"k_quarter_{policy}_time"] <= 1.5
     return out
 
 
@@ -172,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--experts", default="8,16")
     ap.add_argument("--eval-fraction", type=float, default=0.25, help="static C = ceil(fraction · tokens)")
-    ap.add_argument("--ckpt", default="", help="also a trained model (.pt, .dcp, export or run directory)")
+    ap.add_argument("--ckpt", default="", help="also trained models, comma-separated (.pt, .dcp, export or run "
+                    "directory); results under trained_E<experts>")
     ap.add_argument("--src-file", default="")
     ap.add_argument("--src-lang", default="eng_Latn")
     ap.add_argument("--tgt-lang", default="fra_Latn")
@@ -202,9 +229,12 @@ def main(argv: list[str] | None = None) -> None:
                                      "mode": mode, "resident": k, "policy": policy, "threads": args.threads})
                 print(f"E={e} {name}: {rows[name]['sentences_s']:.2f} sent/s, peak RSS "
                       f"{rows[name]['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
-            report["results"][f"random_E{e}"] = {"params": params, "configs": rows}
-    if args.ckpt:
-        report["results"]["trained"] = _trained(args)
+            for row in rows.values():
+                row["expert_rss_mib"] = row["peak_rss_mib"] - rows["base"]["peak_rss_mib"]
+            report["results"][f"random_E{e}"] = {"params": params, "configs": rows, "summary": summarize(rows, e)}
+    for ckpt in filter(None, args.ckpt.split(",")):
+        trained = _trained(args, ckpt)
+        report["results"][f"trained_E{trained['experts']}"] = trained
     if not args.quick or args.out:
         path = Path(args.out or RESULTS / "moe_inference.json")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,22 +242,24 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(report))
 
 
-def _trained(args) -> dict:
+def _trained(args, path: str) -> dict:
     from nmt.inference import load_inference_checkpoint
 
-    ckpt = Path(args.ckpt)
+    ckpt = Path(path)
     if (ckpt / "checkpoints").is_dir():
         ckpt = ckpt / "checkpoints" / "best.pt"
     if not args.src_file:
         raise SystemExit("--ckpt needs --src-file (one source sentence per line)")
-    experts = int((load_inference_checkpoint(ckpt).model_config.get("moe") or {}).get("experts") or 0)
+    moe = load_inference_checkpoint(ckpt).model_config.get("moe") or {}
+    experts = int(moe.get("experts") or 0)
     if not experts:
         raise SystemExit(f"{ckpt} is a dense model: nothing to compare")
-    return {"ckpt": str(ckpt), "experts": experts, "configs": {
-        name: _spawn({"name": name, "ckpt": str(ckpt), "src_file": args.src_file, "src_lang": args.src_lang,
-                      "tgt_lang": args.tgt_lang, "mode": mode, "resident": k, "policy": policy,
-                      "batch": args.batch, "threads": args.threads})
-        for name, mode, k, policy in configurations(experts)}}
+    rows = {name: _spawn({"name": name, "ckpt": str(ckpt), "src_file": args.src_file, "src_lang": args.src_lang,
+                          "tgt_lang": args.tgt_lang, "mode": mode, "resident": k, "policy": policy,
+                          "batch": args.batch, "threads": args.threads})
+            for name, mode, k, policy in configurations(experts) if k >= 0}
+    return {"ckpt": str(ckpt), "experts": experts, "static_fraction": moe.get("eval_capacity_token_fraction"),
+            "configs": rows, "summary": summarize(rows, experts)}
 
 
 if __name__ == "__main__":

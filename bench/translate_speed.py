@@ -80,8 +80,9 @@ def random_checkpoint(root: Path, quick: bool) -> Path:
     return root / "checkpoints" / "best.pt"
 
 
-def demo_inputs(run: Path, n: int) -> tuple[Path, list[str], str, str]:
-    """The run's best checkpoint, ``n`` source lines (Flores devtest or test bitext, cycled) and a direction."""
+def demo_inputs(run: Path, n: int) -> tuple[Path, list[str], str, str, list[str]]:
+    """The run's best checkpoint, ``n`` source lines (Flores devtest or test bitext, cycled), a
+    direction, and the references of those lines when they come from Flores devtest (else [])."""
     from nmt.inference import load_inference_checkpoint
 
     ckpt = run / "checkpoints" / "best.pt"
@@ -95,7 +96,23 @@ def demo_inputs(run: Path, n: int) -> tuple[Path, list[str], str, str]:
     lines = [line for f in files if f.is_file() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
         raise SystemExit(f"no {src} test text under {corpus}; give another --run")
-    return ckpt, [lines[i % len(lines)] for i in range(n)], src, tgt
+    refs: list[str] = []
+    ref_file = corpus / "flores" / "devtest" / f"{tgt}.devtest"
+    if files[0].is_file() and ref_file.is_file() and n <= len(lines):
+        refs = ref_file.read_text(encoding="utf-8").splitlines()[:n]
+    return ckpt, [lines[i % len(lines)] for i in range(n)], src, tgt, refs
+
+
+def chrf_scores(root: Path, systems: list[str], refs: list[str]) -> dict[str, float]:
+    """chrF++ (sacrebleu, word order 2) of each system's translations (``<root>/<system>.hyp``)."""
+    from sacrebleu.metrics import CHRF
+
+    metric, out = CHRF(word_order=2), {}
+    for system in systems:
+        hyp = root / f"{system}.hyp"
+        if hyp.is_file():
+            out[system] = round(metric.corpus_score(hyp.read_text(encoding="utf-8").splitlines(), [refs]).score, 2)
+    return out
 
 
 def exports(ckpt: Path, root: Path) -> dict[str, Path]:
@@ -124,7 +141,8 @@ def run_system(spec: dict) -> dict:
     return res
 
 
-def bench_model(name: str, ckpt: Path, lines: list[str], src: str, tgt: str, args, root: Path, cpu: dict) -> dict:
+def bench_model(name: str, ckpt: Path, lines: list[str], src: str, tgt: str, args, root: Path, cpu: dict,
+                refs: list[str] | None = None) -> dict:
     log(f"[{name}] exporting {ckpt}")
     paths = {"ours_fp32": ckpt, "ours_bf16": ckpt, **exports(ckpt, root)}
     (root / "lines.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -136,8 +154,10 @@ def bench_model(name: str, ckpt: Path, lines: list[str], src: str, tgt: str, arg
         if system == "ours_bf16" and not ({"avx512_bf16", "amx_bf16"} & set(cpu.get("bf16_hardware") or [])):
             results[system] = {"skipped": "no bf16 units on this CPU (lscpu: no amx_bf16 / avx512_bf16)"}
             continue
-        results[system] = run_system({**base, "system": system, "path": str(paths[system])})
+        results[system] = run_system({**base, "system": system, "path": str(paths[system]),
+                                      "hyp_out": str(root / f"{system}.hyp")})
     speed = {s: r.get("sentences_per_s") for s, r in results.items()}
+    chrf = chrf_scores(root, list(results), refs) if refs else {}
 
     def ratio(a: str, b: str) -> float | None:
         return speed[a] / speed[b] if speed.get(a) and speed.get(b) else None
@@ -145,18 +165,22 @@ def bench_model(name: str, ckpt: Path, lines: list[str], src: str, tgt: str, arg
     return {"checkpoint": str(ckpt), "direction": f"{src}-{tgt}", "sentences": len(lines), "results": results,
             "ratios": {"ours_over_transformers": ratio("ours_fp32", "transformers"),
                        "ct2_int8_over_ours": ratio("ct2_int8", "ours_fp32"),
-                       "ct2_float32_over_ours": ratio("ct2_float32", "ours_fp32")}}
+                       "ct2_float32_over_ours": ratio("ct2_float32", "ours_fp32")},
+            "chrf++": chrf, "ct2_int8_chrf_delta": (round(chrf["ct2_int8"] - chrf["ours_fp32"], 2)
+                                                    if {"ct2_int8", "ours_fp32"} <= set(chrf) else None)}
 
 
 def table(models: dict) -> str:
-    rows = ["| model | system | sentences/s | output tokens/s | peak RSS GiB | load s |", "|---|---|---|---|---|---|"]
+    rows = ["| model | system | sentences/s | output tokens/s | peak RSS GiB | load s | chrF++ |",
+            "|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         for system, r in m["results"].items():
+            chrf = m.get("chrf++", {}).get(system, "")
             if "sentences_per_s" in r:
                 rows.append(f"| {name} | {system} | {r['sentences_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                            f"{r['peak_rss_gib']:.2f} | {r['load_s']:.1f} |")
+                            f"{r['peak_rss_gib']:.2f} | {r['load_s']:.1f} | {chrf} |")
             else:
-                rows.append(f"| {name} | {system} | {r.get('skipped') or r.get('error')} | | | |")
+                rows.append(f"| {name} | {system} | {r.get('skipped') or r.get('error')} | | | | |")
     return "\n".join(rows) + "\n"
 
 
@@ -190,8 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     # train_spm and the exporters print progress on stdout: stdout is for the one JSON line
     with tempfile.TemporaryDirectory(prefix="translate_speed-") as tmp, contextlib.redirect_stdout(sys.stderr):
         if args.run is not None:
-            ckpt, lines, src, tgt = demo_inputs(args.run, args.sentences)
-            models["demo"] = bench_model("demo", ckpt, lines, src, tgt, args, Path(tmp) / "demo", cpu)
+            ckpt, lines, src, tgt, refs = demo_inputs(args.run, args.sentences)
+            models["demo"] = bench_model("demo", ckpt, lines, src, tgt, args, Path(tmp) / "demo", cpu, refs)
         else:
             lines = synthetic_lines(args.sentences, 2)
         name = "tiny-random" if args.quick else "base-random"

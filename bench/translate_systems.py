@@ -8,7 +8,8 @@ checkpoint, Transformers directory or ct2 directory), ``lines`` (a file), ``src`
 SentencePiece model, to count output tokens alike for every system). Prints one JSON line:
 ``seconds``, ``sentences_per_s``, ``output_tokens``, ``tokens_per_s``, ``load_s``,
 ``rss_before_load_gib`` and ``peak_rss_gib`` (this process's VmHWM: the runtime, the model and
-the search together), and ``outputs`` (the first few translations).
+the search together), and ``outputs`` (the first few translations). With ``hyp_out`` (a path) it
+also writes every translation there, one per line.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def measure(spec: dict) -> dict:
     outputs = run(lines)
     seconds = time.perf_counter() - t0
     tokens = sum(len(ids) for ids in Tokenizer(spec["spm"]).encode_batch(outputs))
+    if spec.get("hyp_out"):  # every translation, for scoring by the caller
+        Path(spec["hyp_out"]).write_text("".join(o.replace("\n", " ") + "\n" for o in outputs), encoding="utf-8")
     return {"system": spec["system"], "sentences": len(lines), "seconds": seconds,
             "sentences_per_s": len(lines) / seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
             "load_s": load_s, "rss_before_load_gib": rss0, "peak_rss_gib": _status_gib("VmHWM"),

@@ -22,13 +22,8 @@ def text_lines(n: int = 120, seed: int = 0) -> list[str]:
     return [s for lang in LANGS for s in sentences(lang, n, seed)]
 
 
-def build_nllb_tokenizer(root: Path, legacy: bool = False, without: tuple[str, ...] = ()):
-    """``without``: language codes left out of the tokenizer (a model that lacks those languages)."""
-    from transformers import NllbTokenizer
-    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES as ALL_CODES
-
-    FAIRSEQ_LANGUAGE_CODES = [c for c in ALL_CODES if c not in without]
-
+def train_bpe_spm(root: Path) -> Path:
+    """A BPE SentencePiece model (NLLB's and M2M-100's are BPE) in ``root/spm_only``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "train.txt").write_text("\n".join(text_lines(300)), encoding="utf-8")
     spm.SentencePieceTrainer.train(input=str(root / "train.txt"), model_prefix=str(root / "sp"), vocab_size=250,
@@ -37,26 +32,74 @@ def build_nllb_tokenizer(root: Path, legacy: bool = False, without: tuple[str, .
     spm_dir = root / "spm_only"
     spm_dir.mkdir()
     (root / "sp.model").rename(spm_dir / "sentencepiece.bpe.model")
+    return spm_dir / "sentencepiece.bpe.model"
+
+
+def build_nllb_tokenizer(root: Path, legacy: bool = False, without: tuple[str, ...] = ()):
+    """``without``: language codes left out of the tokenizer (a model that lacks those languages)."""
+    from transformers import NllbTokenizer
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES as ALL_CODES
+
+    FAIRSEQ_LANGUAGE_CODES = [c for c in ALL_CODES if c not in without]
+
+    spm_path = train_bpe_spm(root)
+    spm_dir = spm_path.parent
     tok = NllbTokenizer.from_pretrained(str(spm_dir), extra_special_tokens=list(FAIRSEQ_LANGUAGE_CODES),
                                         mask_token=None, legacy_behaviour=legacy)
     tok.add_special_tokens({"mask_token": "<mask>"})
-    sp = spm.SentencePieceProcessor(model_file=str(spm_dir / "sentencepiece.bpe.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
     n = sp.get_piece_size()
     assert tok.convert_tokens_to_ids(["<s>", "<pad>", "</s>", "<unk>"]) == [0, 1, 2, 3]
     assert tok.convert_tokens_to_ids([sp.id_to_piece(k) for k in range(3, n)]) == list(range(4, n + 1))
     codes = tok.convert_tokens_to_ids(list(FAIRSEQ_LANGUAGE_CODES))
     assert codes == list(range(n + 1, n + 1 + len(FAIRSEQ_LANGUAGE_CODES)))
     assert tok.convert_tokens_to_ids("<mask>") == len(tok) - 1 == n + 1 + len(codes)
-    return tok, spm_dir / "sentencepiece.bpe.model"
+    return tok, spm_path
+
+
+M2M_LEFT_OUT = 6  # SentencePiece pieces vocab.json lacks (Transformers reads them as <unk>)
+M2M_ONLY = ("madeupword0000",)  # a vocab.json token that is not a SentencePiece piece
+MADEUP_ROWS = 8  # M2M-100's num_madeup_words: rows after the codes that no token produces
+
+
+def build_m2m_tokenizer(root: Path, seed: int = 0):
+    """Transformers' ``M2M100Tokenizer`` over a local BPE model and a ``vocab.json`` in a shuffled
+    (non-identity) order that lacks ``M2M_LEFT_OUT`` pieces the test text uses (frequent and rare
+    ones, so ``<unk>`` occurs) and has ``M2M_ONLY``; returns it and the left-out pieces."""
+    import collections
+    import json
+    import random
+
+    from transformers import M2M100Tokenizer
+
+    spm_path = train_bpe_spm(root)
+    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    used = collections.Counter(p for line in text_lines(60) for p in sp.encode(line, out_type=str))
+    ranked = [p for p, _ in used.most_common() if p != "▁"]
+    left_out = [ranked[i] for i in (2, 7, 15, 30, 60, 90)][:M2M_LEFT_OUT]
+    pieces = [sp.id_to_piece(k) for k in range(3, sp.get_piece_size()) if sp.id_to_piece(k) not in left_out]
+    pieces += list(M2M_ONLY)
+    random.Random(seed).shuffle(pieces)
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *pieces])}
+    (spm_path.parent / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    tok = M2M100Tokenizer(str(spm_path.parent / "vocab.json"), str(spm_path), src_lang="en", tgt_lang="fr")
+    assert tok.get_lang_id("af") == len(vocab) and tok.convert_tokens_to_ids(left_out) == [3] * len(left_out)
+    return tok, spm_path, left_out
 
 
 def build_m2m100(root: Path, legacy: bool = False, seed: int = 0, without: tuple[str, ...] = (),
-                 **overrides) -> Path:
-    """A random M2M100ForConditionalGeneration (d 64, 2+2 layers) + NLLB tokenizer, saved in root/hf."""
+                 tokenizer: str = "nllb", **overrides) -> Path:
+    """A random M2M100ForConditionalGeneration (d 64, 2+2 layers) saved in root/hf, with an NLLB
+    tokenizer or (``tokenizer="m2m100"``) an M2M-100 one (:func:`build_m2m_tokenizer`)."""
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-    tok, spm_path = build_nllb_tokenizer(root / "tok", legacy, without)
-    cfg = {"vocab_size": len(tok) + EXTRA_ROWS, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+    if tokenizer == "m2m100":
+        tok, spm_path, _ = build_m2m_tokenizer(root / "tok", seed)
+        rows = len(tok) + len(tok.lang_code_to_id) + MADEUP_ROWS
+    else:
+        tok, spm_path = build_nllb_tokenizer(root / "tok", legacy, without)
+        rows = len(tok) + EXTRA_ROWS
+    cfg = {"vocab_size": rows, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
                "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
                "decoder_ffn_dim": 128,
                "max_position_embeddings": 128, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
@@ -97,11 +140,14 @@ def maps(ours_dir: Path):
     import json
 
     from nmt.inference import load_inference_checkpoint
+    from nmt.interop.m2m_vocab import piece_fids_of
     from nmt.interop.vocab_layout import make_layout
 
     ck = load_inference_checkpoint(ours_dir)
-    src = json.loads((ours_dir / "config.json").read_text())["source"]["hf"]
-    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"], src.get("spares"))
+    config = json.loads((ours_dir / "config.json").read_text())
+    src = config["source"]["hf"]
+    layout = make_layout(ck.tokenizer.vocab_size, src["codes"], src["mask"], src.get("spares"),
+                         piece_fids_of(ck.tokenizer.path.read_bytes()), config.get("added_languages"))
     fid = torch.tensor(layout.fairseq_id)
     inv = torch.full((src["embedding_rows"],), -1)  # fairseq id -> ours (-1: a row nmt drops)
     inv[fid[fid >= 0]] = torch.nonzero(fid >= 0).squeeze(1)

@@ -59,3 +59,26 @@ def test_moe_inference_bench_quick_run_prints_one_json_line():
     full, quarter = configs["buffer_K8_lru"]["buffer"], configs["buffer_K2_lru"]["buffer"]
     assert full["evictions"] == 0 and full["loads"] <= 8 * 2  # K = E: each expert of the 2 MoE layers loaded once
     assert quarter["loads"] >= full["loads"] and quarter["evictions"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                    reason="the peer (transformers, the 'bench' extra) is not installed")
+def test_moe_model_peer_quick_run_prints_one_json_line():
+    proc = run_module("bench.moe_model_peer", "--quick", "--threads", "1", timeout=240)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert {"results", "ratios", "target", "target_met", "peak_rss_gib", "cores", "threads", "cpu", "loadavg_before",
+            "loadavg_after", "params", "shape", "peer"} <= report.keys()
+    assert report["target"] == {"fp32": 1.15, "bf16": 1.5} and report["threads"] == 1
+    assert report["params"]["ours"] == report["params"]["peer"]
+    fp32 = report["results"]["fp32"]
+    assert {"ratio_median", "ratio_paired_median", "ratio_best"} <= fp32.keys() and fp32["ratio_median"] > 0
+    assert report["target_met"]["fp32"] == (fp32["ratio_median"] >= 1.15)
+    assigned = report["shape"]["assignments_per_step"]
+    for system in ("ours", "peer"):
+        assert fp32[system]["steps_timed"] == 2 and fp32[system]["step_s_median"] > 0
+        assert 0.5 * assigned <= fp32[system]["expert_rows_per_step"] <= assigned  # top-2, some dropped at most
+    bf16 = report["results"]["bf16"]
+    assert "skipped" in bf16 or bf16["ratio_median"] > 0
+    assert report["peak_rss_gib"]["process_gib"] >= report["peak_rss_gib"]["ours_gib"] > 0

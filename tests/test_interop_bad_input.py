@@ -88,6 +88,41 @@ def test_bad_checkpoints_are_refused_and_nothing_is_written(hf_dir, tmp_path, ca
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+@pytest.fixture(scope="module")
+def m2m_dir(tmp_path_factory) -> Path:
+    return build_m2m100(tmp_path_factory.mktemp("bad_m2m"), tokenizer="m2m100")
+
+
+def _vocab_list(d: Path) -> None:
+    (d / "vocab.json").write_text(json.dumps(list(json.loads((d / "vocab.json").read_text()))))
+
+
+def _vocab_without_unk(d: Path) -> None:
+    _edit_json(d / "vocab.json", lambda v: v.pop("<unk>"))
+
+
+def _vocab_too_large(d: Path) -> None:
+    _edit_json(d / "config.json", lambda c: c.update(vocab_size=300))
+
+
+def _vocab_gap(d: Path) -> None:
+    _edit_json(d / "vocab.json", lambda v: v.update({"▁zzz": len(v) + 5}))
+
+
+@pytest.mark.parametrize("break_it, expect", [
+    (_vocab_list, "vocab.json is not a JSON object"),
+    (_vocab_without_unk, "<unk> has id None where fairseq's layout has 3 (it lacks <unk>)"),
+    (_vocab_too_large, "246 tokens and 100 language codes need 346 ids but config.json has vocab_size=300"),
+    (_vocab_gap, "the ids are not 0 … 246, each once"),
+])
+def test_bad_m2m_tokenizers_are_refused_and_nothing_is_written(m2m_dir, tmp_path, capsys, break_it, expect):
+    d = _copy(m2m_dir, tmp_path)
+    break_it(d)
+    err = _refused(capsys, import_main, d, tmp_path / "out")
+    assert expect in err and "vocab" in err
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_an_existing_output_directory_is_kept(hf_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -1,10 +1,10 @@
-"""NLLB-MoE import: logits equal a correct top-2 combine of Transformers' own router and experts.
+"""NLLB-MoE import: logits equal Transformers' own model with its top-2 dispatch corrected.
 
 Transformers 5.24's ``NllbMoeExperts.forward`` one-hots the router's top-1 *mask* again, so it
-runs only experts 0 and 1 (verified below on the installed version); the reference here takes
-its router probabilities and expert modules and combines the top-2 experts as NLLB-MoE does
-(gates renormalised over the two, no capacity drops at evaluation, outputs scaled by
-``1 - moe_token_dropout`` at evaluation).
+runs only experts 0 and 1 (verified below on the installed version); the reference replaces only
+that method with bench/nllbmoe_peer.py's ``top2_dispatch`` (each token to its kept top-2 experts
+with the router's renormalised gates; no capacity drops at evaluation, outputs scaled by
+``1 - moe_token_dropout`` at evaluation), the benchmark peer's fix.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _fixtures_hf import build_nllb_moe, text_lines
+from bench.nllbmoe_peer import top2_dispatch
 from nmt.import_hf import main as import_main
 from nmt.inference import load_inference_checkpoint
 from nmt.interop.vocab_layout import make_layout
@@ -30,22 +31,6 @@ def moe(tmp_path_factory):
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(hf)).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(hf), src_lang="eng_Latn")
     return model, tok, root / "ours"
-
-
-def top2_reference(self, hidden_states, padding_mask=None):
-    """NLLB-MoE's top-2 layer from Transformers' router and experts (no capacity cut at eval)."""
-    b, t, d = hidden_states.shape
-    x = hidden_states.reshape(-1, d)
-    probs = torch.softmax(self.router.classifier(x.float()), dim=-1)
-    gate, idx = probs.topk(2, dim=-1)
-    gate = gate / gate.sum(-1, keepdim=True)
-    out = torch.zeros_like(x)
-    for e in range(self.num_experts):
-        for j in range(2):
-            rows = idx[:, j].eq(e).nonzero().squeeze(1)
-            if len(rows):
-                out[rows] += gate[rows, j, None] * self.experts[f"expert_{e}"](x[rows])
-    return (out * (1 - self.experts.moe_token_dropout)).reshape(b, t, d)
 
 
 def _batch(tok, ck, layout):
@@ -68,12 +53,12 @@ def _hf_logits(model, enc, dec):
 
 
 def _max_diff_to_reference(model, tok, ours_dir, monkeypatch) -> float:
-    """Max abs difference of our logits and ``model``'s with the top-2 reference forward."""
+    """Max abs difference of our logits and ``model``'s with the dispatch corrected."""
     ck = load_inference_checkpoint(ours_dir)
     cfg = json.loads((ours_dir / "config.json").read_text())
     layout = make_layout(ck.tokenizer.vocab_size, cfg["source"]["hf"]["codes"], cfg["source"]["hf"]["mask"])
     enc, dec, src, prev, fid = _batch(tok, ck, layout)
-    monkeypatch.setattr(transformers.models.nllb_moe.modeling_nllb_moe.NllbMoeSparseMLP, "forward", top2_reference)
+    monkeypatch.setattr(transformers.models.nllb_moe.modeling_nllb_moe.NllbMoeExperts, "forward", top2_dispatch)
     theirs = _hf_logits(model, enc, dec)
     with torch.no_grad():
         ours, _ = ck.build_model()(src, prev)
@@ -82,7 +67,7 @@ def _max_diff_to_reference(model, tok, ours_dir, monkeypatch) -> float:
     return (ours[..., known] - theirs[..., fid[known]])[rows].abs().max().item()
 
 
-def test_logits_equal_a_correct_top2_combine_of_transformers_modules(moe, monkeypatch):
+def test_logits_equal_transformers_with_the_top2_dispatch_corrected(moe, monkeypatch):
     model, tok, ours_dir = moe
     cfg = json.loads((ours_dir / "config.json").read_text())
     assert cfg["model"]["moe"]["experts"] == 4 and cfg["model"]["moe"]["encoder_freq"] == 2

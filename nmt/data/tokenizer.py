@@ -10,6 +10,11 @@ NFKC normalizes to it) would come out with the *tag id* in it and could steer th
 is replaced by the ids of the tag's single characters (``_``, ``_``, ``f``, …; ``<unk>`` for
 a character the vocabulary lacks), so the literal text still decodes back. Tags enter a
 sequence only when batches are built (:meth:`Tokenizer.lang_id`).
+
+Pieces read as ``<unk>``: a vocabulary imported from an M2M-100 tokenizer keeps the SentencePiece
+pieces its model has no row for between two CONTROL markers (``UNK_PIECES``), so text segments
+as before; :meth:`Tokenizer.encode` returns ``<unk>`` for each of them, as Transformers'
+``M2M100Tokenizer`` does (nmt/interop/m2m_vocab.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
 FIRST_TAG_ID = 4
+UNK_PIECES = ("<unk_pieces>", "</unk_pieces>")  # CONTROL markers around pieces read as <unk>
 
 _RETRAIN = "retrain it with python -m data_prep.train_spm"
 
@@ -73,6 +79,7 @@ class Tokenizer:
         # Fast path: a sequence whose smallest id is above every special/tag id needs no scan.
         self._max_special = max([EOS_ID, *self._tag_ids])
         self._tag_literal: dict[int, list[int]] = {}
+        self._unk_range = self._pieces_read_as_unk()
 
     # -- vocabulary -------------------------------------------------------------------------
 
@@ -138,6 +145,14 @@ class Tokenizer:
                     f"trained without the project's language tags); {_RETRAIN}"
                 )
 
+    def _pieces_read_as_unk(self) -> tuple[int, int] | None:
+        """The ids strictly between the ``UNK_PIECES`` markers (None: no such pieces)."""
+        sp = self._sp
+        a, b = (sp.piece_to_id(m) for m in UNK_PIECES)
+        if a == sp.unk_id() or b == sp.unk_id() or not (sp.is_control(a) and sp.is_control(b)) or b <= a:
+            return None
+        return a, b
+
     # -- encoding ---------------------------------------------------------------------------
 
     def _literal(self, tag_id: int) -> list[int]:
@@ -149,6 +164,9 @@ class Tokenizer:
         return ids
 
     def _untag(self, ids: list[int]) -> list[int]:
+        if self._unk_range is not None:
+            a, b = self._unk_range
+            ids = [UNK_ID if a < i < b else i for i in ids]
         if not ids or min(ids) > self._max_special:
             return ids
         if not any(i in self._tag_ids for i in ids):

@@ -69,6 +69,10 @@ def read_ct2_config(ct2_dir: Path) -> dict[str, Any]:
     return meta
 
 
+_M2M_REFUSED = ("{what} has an M2M-100 tokenizer (vocab.json, __xx__ codes), which the ct2 export does not "
+                "convert yet; translate an M2M-100 import with backend=torch")
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
@@ -98,6 +102,8 @@ def _read_hf_dir(hf_dir: Path) -> tuple[dict, dict]:
                         f"(NLLB dense) converts to ct2 here; {fix}")
     if not (hf_dir / SPM).is_file():
         raise UserError(f"{hf_dir / SPM} is missing: the ct2 export needs the SentencePiece model; {fix}")
+    if tok_cfg.get("tokenizer_class") == "M2M100Tokenizer":
+        raise UserError(_M2M_REFUSED.format(what=hf_dir))
     return cfg, tok_cfg
 
 
@@ -171,6 +177,8 @@ def export_ct2(ckpt: str | Path, out_dir: str | Path, quantization: str | None =
     quant = check_quantization(quantization)
     _check_out(out, overwrite)  # before the (possibly long) export
     ck = load_inference_checkpoint(ckpt)
+    if ((ck.info.get("source") or {}).get("hf") or {}).get("tokenizer") == "m2m100":
+        raise UserError(_M2M_REFUSED.format(what=ckpt))
     directions = ck.info.get("directions") or []
     languages = sorted({c for d in directions for c in str(d).split("-")}) or None
     eval_defaults = dict(ck.eval_config)

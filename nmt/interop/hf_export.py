@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from nmt.config import saved_model_config
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import UserError
 from nmt.fileio import atomic_dir
 from nmt.interop.hf_tokenizer import write_hf_tokenizer
+from nmt.interop.m2m_vocab import piece_fids_of, write_m2m_tokenizer
 from nmt.interop.state_map import NLLB_MOE_NAMES, moe_ffn_to_hf, ours_to_hf
-from nmt.interop.vocab_layout import make_layout, spare_tokens, spm_to_fairseq
+from nmt.interop.vocab_layout import FAIRSEQ_SPECIALS, Layout, make_layout, spare_tokens, spm_to_fairseq
 from nmt.langs import FLORES200
 
 MARKER = "nmt_export"  # key in config.json that marks a directory this exporter wrote
@@ -84,19 +86,24 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
     ck = load_inference_checkpoint(src)
     cfg = saved_model_config(ck.model_config)
     _refuse_unmappable(cfg, src)
-    added = ck.tokenizer.added_languages()
-    if added:  # their codes are not Flores-200: the import could not give them back their slots
-        raise UserError(f"{src} has languages in spare tag slots ({', '.join(sorted(added))}, added by nmt.vocab "
-                        f"add-language); the Transformers export does not carry them yet: export a checkpoint "
-                        f"without them, or use --format nmt")
-    state = ck.build_model().state_dict()
     hf_info = (ck.info.get("source") or {}).get("hf") or {}
     codes = list(hf_info.get("codes") or FLORES200)
-    fs_spm, has_mask = spm_to_fairseq(ck.tokenizer.path.read_bytes(), str(ck.tokenizer.path))
-    spares = _exported_spares(hf_info, has_mask)
-    layout = make_layout(ck.tokenizer.vocab_size, codes, has_mask, spares)
+    m2m = hf_info.get("tokenizer") == "m2m100"
+    added = ck.tokenizer.added_languages()
+    if set(added) - (set(codes) if m2m else set()):  # not Flores-200: an NLLB tokenizer has no slot for them
+        raise UserError(f"{src} has languages in spare tag slots ({', '.join(sorted(set(added) - set(codes)))}, "
+                        f"added by nmt.vocab add-language); the Transformers export does not carry them yet: export "
+                        f"a checkpoint without them, or use --format nmt")
+    state = ck.build_model().state_dict()
+    spm_bytes = ck.tokenizer.path.read_bytes()
+    if m2m:  # M2M-100's own tokenizer (vocab.json) and rows: nmt/interop/m2m_vocab.py
+        layout = make_layout(ck.tokenizer.vocab_size, codes, False, [], piece_fids_of(spm_bytes), added)
+    else:
+        fs_spm, has_mask = spm_to_fairseq(spm_bytes, str(ck.tokenizer.path))
+        spares = _exported_spares(hf_info, has_mask)
+        layout = make_layout(ck.tokenizer.vocab_size, codes, has_mask, spares)
     emb = layout.to_fairseq_layout(state["embed.weight"].float())
-    if not layout.has_mask:  # Transformers' NLLB tokenizer always has <mask>: a zero row, like our <pad> row
+    if not layout.has_mask and not m2m:  # NLLB's tokenizer always has <mask>: a zero row, like our <pad> row
         emb = torch.cat([emb, emb.new_zeros(1, emb.shape[1])])
     state = {**state, "embed.weight": emb}
     moe = cfg.get("moe") or {}
@@ -119,15 +126,36 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, overwrite: bool = Fals
                            num_beams=int(eval_cfg.get("beam", 4)), length_penalty=float(eval_cfg.get("lenpen", 1.0)),
                            max_length=cfg["max_positions"], early_stopping=True)  # nmt's stopping rule
     model.generation_config = gen
-    setattr(model.config, MARKER, {"source": str(src.resolve()), "codes": codes, "spares": spares,
+    setattr(model.config, MARKER, {"source": str(src.resolve()), "codes": codes, "spares": layout.spares,
                                      "source_convention": cfg.get("source_convention")})
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
-        write_hf_tokenizer(tmp, fs_spm, codes, legacy, spares)
+        if m2m:
+            write_m2m_tokenizer(tmp, spm_bytes, _m2m_vocab(ck.tokenizer, layout), _m2m_codes_name(hf_info))
+        else:
+            write_hf_tokenizer(tmp, fs_spm, codes, legacy, spares)
     print(f"wrote {out}/ (Transformers {type(model).__name__}, {emb.shape[0]} ids, {len(codes)} language codes); "
           f"load it with AutoModelForSeq2SeqLM.from_pretrained and generate with "
           f"forced_bos_token_id=<target code id>", flush=True)
     return json.loads((out / "config.json").read_text(encoding="utf-8"))
+
+
+def _m2m_vocab(tok: Tokenizer, layout: Layout) -> dict[str, int]:
+    """``vocab.json`` of an M2M-100 import: fairseq's specials, then every piece with a fairseq row
+    below the language codes (the pieces read as ``<unk>`` have none)."""
+    out = dict(zip(FAIRSEQ_SPECIALS, range(4), strict=True))
+    first_code = 4 + layout.n_pieces
+    out.update({tok.id_to_piece(i): f for i, f in enumerate(layout.fairseq_id) if 4 <= f < first_code})
+    return out
+
+
+def _m2m_codes_name(hf_info: dict) -> str:
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+
+    names = [k for k, v in FAIRSEQ_LANGUAGE_CODES.items() if v == hf_info.get("m2m_codes")]
+    if not names:
+        raise UserError("the import records M2M-100 codes that are none of M2M100Tokenizer's lists; re-import it")
+    return names[0]
 
 
 def _exported_spares(hf_info: dict, has_mask: bool) -> list[str]:

@@ -17,9 +17,12 @@ import torch
 
 from nmt import __version__
 from nmt.config import ModelConfig, MoEConfig
+from nmt.data.tokenizer import FIRST_TAG_ID
 from nmt.errors import UserError
 from nmt.interop import hf_read
 from nmt.interop.absent_rows import absent_ids
+from nmt.interop.m2m_codes import M2M100_TO_NMT, outside_flores
+from nmt.interop.m2m_vocab import VOCAB_FILE, m2m_spm_to_internal
 from nmt.interop.state_map import (
     M2M100_NAMES,
     NLLB_MOE_NAMES,
@@ -27,6 +30,7 @@ from nmt.interop.state_map import (
     moe_ffn_to_ours,
 )
 from nmt.interop.vocab_layout import SPARE, make_layout, spm_pb2, spm_to_internal
+from nmt.langs import FLORES200
 
 ARCHITECTURES = {"m2m_100": "dense", "nllb-moe": "moe"}
 # config.json keys whose value must be this for the computation to be ours (key -> (allowed, why))
@@ -116,6 +120,51 @@ def _split_spares(tail: list[str], has_mask: bool, where: Path) -> tuple[list[st
     return codes, spares
 
 
+@dataclasses.dataclass
+class _Vocabulary:
+    """The checkpoint's vocabulary in nmt's layout and what ``make_layout`` needs to map it."""
+
+    spm: bytes  # our SentencePiece model
+    codes: list[str]  # nmt codes, in fairseq order
+    codes_from: str
+    tokenizer: str = "nllb"  # or "m2m100"
+    has_mask: bool = False
+    spares: list[str] = dataclasses.field(default_factory=list)
+    piece_fids: list[int] | None = None  # None: our piece k is fairseq piece k (NLLB)
+    added: dict[str, int] = dataclasses.field(default_factory=dict)  # non-Flores code -> spare slot id
+    extra: dict = dataclasses.field(default_factory=dict)  # more for config.json's source.hf
+
+
+def _read_vocabulary(src: Path, hf_cfg: dict) -> _Vocabulary:
+    spm_bytes = hf_read.read_spm(src)
+    proto = spm_pb2.ModelProto()
+    try:
+        proto.ParseFromString(spm_bytes)
+    except Exception:  # noqa: BLE001 - protobuf DecodeError
+        raise UserError(f"{src / hf_read.SPM_FILE} is not a SentencePiece model") from None
+    where = str(src / hf_read.SPM_FILE)
+    if hf_read.is_m2m_tokenizer(src):
+        return _m2m_vocabulary(src, spm_bytes, int(hf_cfg.get("vocab_size") or 0), where)
+    tail, has_mask, codes_from = hf_read.read_codes(src, len(proto.pieces))
+    codes, spares = _split_spares(tail, has_mask, src / codes_from)
+    return _Vocabulary(spm_to_internal(spm_bytes, has_mask and not spares, where), codes, codes_from,
+                       has_mask=has_mask, spares=spares)
+
+
+def _m2m_vocabulary(src: Path, spm_bytes: bytes, config_rows: int, where: str) -> _Vocabulary:
+    """M2M-100: pieces through ``vocab.json``, ``__xx__`` codes renamed (nmt/interop/m2m_codes.py);
+    codes outside Flores-200 take spare tag slots."""
+    vocab, m2m = hf_read.read_m2m_tokenizer(src, config_rows)
+    codes = [M2M100_TO_NMT[c] for c in m2m]
+    extra = outside_flores(codes)
+    ours, fids = m2m_spm_to_internal(spm_bytes, vocab, where, extra)
+    added = {c: FIRST_TAG_ID + len(FLORES200) + i for i, c in enumerate(extra)}
+    unread = sum(f < 0 for f in fids)
+    return _Vocabulary(ours, codes, f"{VOCAB_FILE} (language_codes of tokenizer_config.json)", "m2m100",
+                       piece_fids=fids, added=added,
+                       extra={"m2m_codes": m2m, "pieces_read_as_unk": max(unread - 2, 0)})
+
+
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Convert ``hf_dir`` into an nmt export in ``out_dir``; returns its config.json object."""
     from nmt.export import check_out_dir, tensors_for_safetensors, write_export_dir
@@ -128,19 +177,11 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     check_out_dir(out, src, overwrite)
     hf_cfg = hf_read.read_json(src / "config.json")
     kind = _check_config(hf_cfg, src / "config.json")
-    spm_bytes = hf_read.read_spm(src)
-    proto = spm_pb2.ModelProto()
-    try:
-        proto.ParseFromString(spm_bytes)
-    except Exception:  # noqa: BLE001 - protobuf DecodeError
-        raise UserError(f"{src / hf_read.SPM_FILE} is not a SentencePiece model") from None
-    n_pieces = len(proto.pieces)
-    tail, has_mask, codes_from = hf_read.read_codes(src, n_pieces)
-    codes, spares = _split_spares(tail, has_mask, src / codes_from)
-    convention = hf_read.source_convention(src)
-    ours_spm = spm_to_internal(spm_bytes, has_mask and not spares, str(src / hf_read.SPM_FILE))
+    vocab = _read_vocabulary(src, hf_cfg)
+    convention = "tag_first" if vocab.tokenizer == "m2m100" else hf_read.source_convention(src)
+    ours_spm, codes, codes_from = vocab.spm, vocab.codes, vocab.codes_from
     n_internal = len(spm_pb2.ModelProto.FromString(ours_spm).pieces)
-    layout = make_layout(n_internal, codes, has_mask, spares)
+    layout = make_layout(n_internal, codes, vocab.has_mask, vocab.spares, vocab.piece_fids, vocab.added)
 
     hf_state = hf_read.read_weights(src)
     bias = hf_state.pop("final_logits_bias", None)
@@ -168,15 +209,19 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
                     "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})},
         "source": {"kind": "hf", "checkpoint": str(src.resolve()), "step": None,
                    "hf": {"model_type": hf_cfg.get("model_type"), "architectures": hf_cfg.get("architectures"),
-                          "tokenizer": "nllb", "codes": codes, "codes_from": codes_from, "mask": has_mask,
-                          "spares": spares, "source_convention": convention, "embedding_rows": rows,
-                          "unused_rows_dropped": rows - layout.fairseq_size}},
+                          "tokenizer": vocab.tokenizer, "codes": codes, "codes_from": codes_from,
+                          "mask": vocab.has_mask, "spares": vocab.spares, "source_convention": convention,
+                          "embedding_rows": rows, "unused_rows_dropped": rows - layout.fairseq_size,
+                          **vocab.extra}},
     }
+    if vocab.added:
+        config["added_languages"] = vocab.added
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / SPM).write_bytes(ours_spm)
         write_export_dir(out, state, config, Path(tmp) / SPM, what=f"checkpoint {src}")
+    spare = f"; {', '.join(vocab.added)} (no Flores-200 code) in spare tag slots" if vocab.added else ""
     print(f"imported {src} ({hf_cfg.get('model_type')}, {len(codes)} language codes from {codes_from}, "
-          f"source convention {convention}); wrote {out}/: use it with python -m nmt.translate ckpt={out} "
+          f"source convention {convention}{spare}); wrote {out}/: use it with python -m nmt.translate ckpt={out} "
           f"src_lang=eng_Latn tgt_lang=fra_Latn", flush=True)
     return config
 

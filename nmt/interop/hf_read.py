@@ -1,4 +1,4 @@
-"""Read a Transformers checkpoint directory: config.json, weights, NLLB tokenizer files.
+"""Read a Transformers checkpoint directory: config.json, weights, NLLB or M2M-100 tokenizer files.
 
 Every problem is a UserError naming the file and the fix; nothing here writes anything.
 """
@@ -13,6 +13,7 @@ from torch import Tensor
 from nmt.errors import UserError
 from nmt.fileio import read_json_object
 from nmt.interop.hf_tokenizer import SPM_FILE
+from nmt.interop.m2m_vocab import VOCAB_FILE, check_vocab
 
 NLLB_DEFAULT_CODES_NOTE = "Transformers' NLLB default list (FAIRSEQ_LANGUAGE_CODES)"
 
@@ -48,10 +49,29 @@ def read_weights(hf_dir: Path) -> dict[str, Tensor]:
 def read_spm(hf_dir: Path) -> bytes:
     path = hf_dir / SPM_FILE
     if not path.is_file():
-        extra = " (an M2M-100 tokenizer: vocab.json is not supported yet)" if (hf_dir / "vocab.json").is_file() else ""
-        raise UserError(f"{path} is missing{extra}; the import needs the NLLB tokenizer files (copy "
-                        f"sentencepiece.bpe.model and tokenizer.json from the model's repository)")
+        raise UserError(f"{path} is missing; the import needs the tokenizer files (copy sentencepiece.bpe.model and "
+                        f"tokenizer.json, or vocab.json for M2M-100, from the model's repository)")
     return path.read_bytes()
+
+
+def is_m2m_tokenizer(hf_dir: Path) -> bool:
+    """An M2M-100 tokenizer (``vocab.json`` beside the SentencePiece model) rather than NLLB's."""
+    return (hf_dir / VOCAB_FILE).is_file()
+
+
+def read_m2m_tokenizer(hf_dir: Path, config_rows: int) -> tuple[dict[str, int], list[str]]:
+    """``vocab.json`` (checked) and the M2M-100 language codes in id order (``__xx__`` at
+    ``len(vocab) + i``: Transformers' list named by ``tokenizer_config.json``'s ``language_codes``)."""
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+
+    tc = hf_dir / "tokenizer_config.json"
+    name = read_json(tc).get("language_codes", "m2m100") if tc.is_file() else "m2m100"
+    if name not in FAIRSEQ_LANGUAGE_CODES:
+        raise UserError(f"{tc}: language_codes={name!r} is not one of M2M100Tokenizer's lists "
+                        f"({', '.join(FAIRSEQ_LANGUAGE_CODES)})")
+    codes = list(FAIRSEQ_LANGUAGE_CODES[name])
+    vocab = read_json_object(hf_dir / VOCAB_FILE, missing="", fix="use the model's own vocab.json")
+    return check_vocab(vocab, len(codes), config_rows, hf_dir / VOCAB_FILE), codes
 
 
 def read_codes(hf_dir: Path, n_pieces: int) -> tuple[list[str], bool, str]:

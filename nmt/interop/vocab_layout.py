@@ -87,23 +87,34 @@ def spare_tokens() -> list[str]:
     return [t for t in all_tag_tokens() if SPARE.match(t)]
 
 
-def make_layout(n_internal: int, codes: list[str], has_mask: bool, spares: list[str] | None = None) -> Layout:
+def make_layout(n_internal: int, codes: list[str], has_mask: bool, spares: list[str] | None = None,
+                piece_fids: list[int] | None = None, added: dict[str, int] | None = None) -> Layout:
     """The layout of an internal vocabulary of ``n_internal`` ids whose pieces follow the tags;
     ``codes`` (Flores-200) become the fairseq codes. ``spares`` (``__spareN__`` names, a model
     trained here): those slots follow the codes and the one spare slot not listed becomes the
     fairseq ``<mask>`` (``has_mask`` then says the fairseq side has it; our vocabulary has no
-    ``<mask>`` piece). Without ``spares``, ``has_mask`` means our last id is ``<mask>``."""
-    unknown = [c for c in codes if c not in FLORES200]
+    ``<mask>`` piece). Without ``spares``, ``has_mask`` means our last id is ``<mask>``.
+
+    ``piece_fids``: the fairseq id of each of our ids from ``FIRST_PIECE`` on (-1: a row the
+    fairseq side lacks), for a vocabulary whose piece ids come from a table (M2M-100's
+    ``vocab.json``); by default our piece k is fairseq piece k (NLLB: SentencePiece id + 1).
+    ``added``: codes that are not Flores-200, with the spare tag slot (our id) each occupies."""
+    added = dict(added or {})
+    unknown = [c for c in codes if c not in FLORES200 and c not in added]
     if unknown:
         raise UserError(f"language codes {', '.join(unknown[:5])} are not Flores-200 codes; nmt's tag slots "
                         f"hold Flores-200 languages only (see nmt.langs.FLORES200)")
     spares = list(spares or [])
     mask_slot = _mask_slot(spares) if spares else None
     own_mask = has_mask and mask_slot is None
-    n_pieces = n_internal - FIRST_PIECE - int(own_mask)
-    fid = [1, 3, 0, 2] + [-1] * N_TAGS + [4 + k for k in range(n_pieces)]
+    if piece_fids is None:
+        n_pieces = n_internal - FIRST_PIECE - int(own_mask)
+        piece_fids = [4 + k for k in range(n_pieces)]
+    else:
+        n_pieces = sum(f >= 0 for f in piece_fids)
+    fid = [1, 3, 0, 2] + [-1] * N_TAGS + list(piece_fids)
     tail = [lang_tag(c) for c in codes] + spares
-    slot = {t: 4 + i for i, t in enumerate(all_tag_tokens())}
+    slot = {t: 4 + i for i, t in enumerate(all_tag_tokens())} | {lang_tag(c): i for c, i in added.items()}
     for j, tag in enumerate(tail):
         fid[slot[tag]] = 4 + n_pieces + j
     if own_mask:
@@ -122,26 +133,26 @@ def _mask_slot(spares: list[str]) -> str:
     return rest[0]
 
 
-def _piece(text: str, kind: int, score: float = 0.0) -> Any:
+def new_piece(text: str, kind: int, score: float = 0.0) -> Any:
     p = Piece()
     p.piece, p.type, p.score = text, kind, score
     return p
 
 
-def _check_spm_specials(model: Any, want: tuple[str, ...], where: str) -> None:
+def check_spm_specials(model: Any, want: tuple[str, ...], where: str) -> None:
     got = tuple(p.piece for p in model.pieces[: len(want)])
     if got != want:
         raise UserError(f"{where}: the SentencePiece model starts with {', '.join(got)} where "
                         f"{', '.join(want)} was expected; it is not the layout this converter reads")
 
 
-def _rebuilt(src: Any, specials: tuple[str, ...], body: list, ids: dict[str, int]) -> bytes:
+def rebuilt_proto(src: Any, specials: tuple[str, ...], body: list, ids: dict[str, int]) -> bytes:
     """``src`` (normalizer, trainer settings kept) with the pieces ``specials`` + ``body``;
     ``ids`` gives the trainer_spec ids of pad/unk/bos/eos (-1: none)."""
     out = spm_pb2.ModelProto()
     out.CopyFrom(src)
     del out.pieces[:]
-    out.pieces.extend(_piece(p, Piece.UNKNOWN if p == "<unk>" else Piece.CONTROL) for p in specials)
+    out.pieces.extend(new_piece(p, Piece.UNKNOWN if p == "<unk>" else Piece.CONTROL) for p in specials)
     out.pieces.extend(body)
     t = out.trainer_spec
     for name, piece in (("pad", "<pad>"), ("unk", "<unk>"), ("bos", "<s>"), ("eos", "</s>")):
@@ -156,11 +167,11 @@ def spm_to_internal(spm_bytes: bytes, has_mask: bool, where: str) -> bytes:
     exactly as before), then ``<mask>`` (CONTROL) when the checkpoint's vocabulary has one."""
     src = spm_pb2.ModelProto()
     src.ParseFromString(spm_bytes)
-    _check_spm_specials(src, SPM_SPECIALS, where)
-    body = [_piece(t, Piece.USER_DEFINED) for t in all_tag_tokens()] + list(src.pieces[len(SPM_SPECIALS):])
+    check_spm_specials(src, SPM_SPECIALS, where)
+    body = [new_piece(t, Piece.USER_DEFINED) for t in all_tag_tokens()] + list(src.pieces[len(SPM_SPECIALS):])
     if has_mask:
-        body.append(_piece(MASK, Piece.CONTROL))
-    return _rebuilt(src, OUR_SPECIALS, body, {"pad": 0, "unk": 1, "bos": 2, "eos": 3})
+        body.append(new_piece(MASK, Piece.CONTROL))
+    return rebuilt_proto(src, OUR_SPECIALS, body, {"pad": 0, "unk": 1, "bos": 2, "eos": 3})
 
 
 def spm_to_fairseq(spm_bytes: bytes, where: str) -> tuple[bytes, bool]:
@@ -168,7 +179,7 @@ def spm_to_fairseq(spm_bytes: bytes, where: str) -> tuple[bytes, bool]:
     :func:`spm_to_internal`); also whether our model ends with ``<mask>``."""
     src = spm_pb2.ModelProto()
     src.ParseFromString(spm_bytes)
-    _check_spm_specials(src, OUR_SPECIALS, where)
+    check_spm_specials(src, OUR_SPECIALS, where)
     tags = [p.piece for p in src.pieces[4:FIRST_PIECE]]
     if tags != all_tag_tokens():
         raise UserError(f"{where}: the language tags are not at ids 4…{FIRST_PIECE - 1}; this vocabulary was "
@@ -177,4 +188,4 @@ def spm_to_fairseq(spm_bytes: bytes, where: str) -> tuple[bytes, bool]:
     has_mask = bool(pieces) and pieces[-1].piece == MASK and pieces[-1].type == Piece.CONTROL
     if has_mask:
         pieces.pop()
-    return _rebuilt(src, SPM_SPECIALS, pieces, {"pad": -1, "unk": 0, "bos": 1, "eos": 2}), has_mask
+    return rebuilt_proto(src, SPM_SPECIALS, pieces, {"pad": -1, "unk": 0, "bos": 1, "eos": 2}), has_mask
