@@ -84,27 +84,27 @@ def _timed(model, eos_penalty: float = 0.0) -> dict[str, float]:
 
 
 def _load_random(spec: dict, weights: str, mode: str, resident: int, policy: str):
-    """``resident`` > 0: a K-expert buffer over the file; -1: no expert weights at all (width-1
-    placeholder experts, the ``base`` row: what the process holds besides expert weights)."""
+    """The model with placeholder (width-1) experts and the file's other weights, then: ``resident``
+    0: every expert read into memory once (no random initial copy beside it, which would double the
+    peak); > 0: a K-expert buffer over the file; -1: no expert weights (the ``base`` row)."""
     from safetensors import safe_open
+    from torch import nn
 
     from nmt.models.build import build_model
-    from nmt.models.moe.buffer import SafetensorsTier
-    from nmt.moe_tools.serving import buffer_experts, is_expert_key
+    from nmt.models.moe.buffer import PARAMS, SafetensorsTier
+    from nmt.moe_tools.serving import buffer_experts, is_expert_key, moe_layers
 
-    model = build_model(_model_config({**spec, "expert_ffn_dim": 1 if resident else 0}), spec["vocab"]).eval()
+    model = build_model(_model_config({**spec, "expert_ffn_dim": 1}), spec["vocab"]).eval()
     with safe_open(weights, framework="pt", device="cpu") as f:
-        state = {k: f.get_tensor(k) for k in f.keys() if not (resident and is_expert_key(k))}
-        prefixes = {k[:-2] for k in f.keys() if k.endswith(".experts.w1")}
-    model.load_state_dict(state, strict=not resident)
-    if resident < 0:
-        del state
-        model.cfg.moe.inference = mode
-        return model
-    del state
-    if resident:
-        tiers = {p: SafetensorsTier(weights, p, torch.device("cpu")) for p in prefixes}
+        model.load_state_dict({k: f.get_tensor(k) for k in f.keys() if not is_expert_key(k)}, strict=False)
+    tiers = {f"{name}.experts.": SafetensorsTier(weights, f"{name}.experts.", torch.device("cpu"))
+             for name, _ in moe_layers(model)}
+    if resident > 0:
         buffer_experts(model, tiers, resident, policy, weights)
+    elif resident == 0:
+        for name, layer in moe_layers(model):
+            for p in PARAMS:
+                setattr(layer.experts, p, nn.Parameter(tiers[f"{name}.experts."].whole(p), requires_grad=False))
     model.cfg.moe.inference = mode
     return model
 

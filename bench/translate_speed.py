@@ -37,7 +37,8 @@ SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["an", "el", "o
 def synthetic_lines(n: int, seed: int) -> list[str]:
     """Sentences of made-up words (a stand-in text for the random model's tokenizer and inputs)."""
     rng = random.Random(seed)
-    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(20000)]
+    # ~2 words per line (at most 120k): enough distinct words for a 32k-piece vocabulary on 60k lines
+    words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 5))) for _ in range(min(2 * n, 120000))]
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(n)]
 
 

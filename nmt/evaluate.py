@@ -276,7 +276,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     no_retrieval: list[str] = []
     # Grouped by target so the scorer pre-processes each reference file once.
     by_target = sorted(dirs, key=lambda d: d[1])
-    for src, tgt in tqdm(by_target, desc="directions", unit="dir", file=sys.stderr):
+    interactive = sys.stderr.isatty()  # a bar on a terminal; one line per direction in a log (no \r)
+    for i, (src, tgt) in enumerate(tqdm(by_target, desc="directions", unit="dir", file=sys.stderr,
+                                        disable=not interactive), 1):
         name = f"{src}-{tgt}"
         if translator is not None:
             hyps = translator.translate(
@@ -302,6 +304,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                 entry["retrieval_baseline"] = _without_n(
                     scorer.score(r_hyps, refs[tgt], tgt, hyp_name="retrieval baseline"))
         directions[name] = entry
+        if not interactive:
+            print(f"direction {i}/{len(by_target)} {name}: chrF++ {entry['chrf++']:.2f}", file=sys.stderr, flush=True)
 
     testset = flores.layout(flores_dir, cfg.split).describe()
     notes = [scorer.note(), f"test set: {testset['dataset']} {testset['version']} ({cfg.split}, "

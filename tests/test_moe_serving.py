@@ -186,6 +186,26 @@ def test_buffered_export_holds_no_expert_weights_but_its_buffer(moe_export):
     assert stats["bytes_moved"] == stats["loads"] * (32 * 64 + 64 + 64 * 32 + 32) * 4
 
 
+def test_buffer_tier_reads_without_mapping_the_file(moe_export):
+    """Evicted experts leave nothing behind: the weights file is read, never memory-mapped (a map
+    kept every page an expert had touched in the process's RSS), and a load equals the tensor."""
+    from safetensors.torch import load_file
+
+    from nmt.models.moe.buffer import SafetensorsTier
+
+    path = moe_export / "model.safetensors"
+    prefix = next(k[: -len("w1")] for k in load_file(str(path)) if k.endswith(".experts.w1"))
+    tier = SafetensorsTier(path, prefix, torch.device("cpu"))
+    full = load_file(str(path))
+    for e in range(tier.sizes["w1"]):
+        for name, t in zip(("w1", "b1", "w2", "b2"), tier.fetch(e), strict=True):
+            assert torch.equal(t, full[prefix + name][e])
+    assert torch.equal(tier.whole("w2"), full[prefix + "w2"])
+    del full
+    with open("/proc/self/maps") as maps:
+        assert str(path.resolve()) not in maps.read()
+
+
 def test_moe_options_need_the_torch_backend(tmp_path):
     from nmt.errors import UserError
     from nmt.interop.backend import load_translator

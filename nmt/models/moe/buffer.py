@@ -11,9 +11,9 @@ H expert hidden dim.
   activation, ``addmm``), so the outputs are bit-identical to all experts resident.
 * Eviction policy: ``lru`` evicts the least recently used expert; ``lifo`` evicts the expert
   loaded last (the paper's LIFO: a hit does not reorder the buffer).
-* Slow tiers: :class:`SafetensorsTier` (an export's ``model.safetensors`` opened with
-  ``safe_open``: one expert's slice is read from the memory-mapped file per load, so the
-  process holds only the resident experts) and :class:`TensorTier` (whole ``[E, ...]`` tensors
+* Slow tiers: :class:`SafetensorsTier` (an export's ``model.safetensors``: one expert's rows
+  are read from the file per load, with ``preadv`` and no memory map, so the process holds only
+  the resident experts) and :class:`TensorTier` (whole ``[E, ...]`` tensors
   already in memory: a .pt/.dcp checkpoint, or pinned CPU memory feeding a GPU, where a load is
   a non-blocking host→device copy; the GPU path is written but untested here: no GPU).
 * :class:`BufferStats`: hits, loads (misses), evictions and bytes moved, per layer.
@@ -21,6 +21,8 @@ H expert hidden dim.
 
 from __future__ import annotations
 
+import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,18 +53,54 @@ class BufferStats:
                 "bytes_moved": self.bytes_moved, "hit_rate": self.hits / uses if uses else None}
 
 
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
 class SafetensorsTier:
-    """Experts of one layer read from a safetensors file (``prefix`` + w1/b1/w2/b2, ``[E, ...]``)."""
+    """Experts of one layer read from a safetensors file (``prefix`` + w1/b1/w2/b2, ``[E, ...]``).
+
+    A load reads one expert's rows with ``os.preadv`` into fresh tensors: the file is never
+    memory-mapped, so the process holds only what the buffer keeps (safetensors' ``safe_open``
+    returns tensors backed by the mapped file, whose touched pages stayed in the process's RSS
+    after eviction: K = E/4 then held as much as K = E)."""
 
     def __init__(self, path: str | Path, prefix: str, device: torch.device):
-        from safetensors import safe_open
-
-        self.handle = safe_open(str(path), framework="pt", device="cpu")
-        self.prefix, self.device = prefix, device
+        self.path, self.prefix, self.device = str(path), prefix, device
+        with open(self.path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        self.rows = {n: _row_layout(header[prefix + n], 8 + size) for n in PARAMS}
+        self.sizes = {n: int(header[prefix + n]["shape"][0]) for n in PARAMS}
+        self.fd = os.open(self.path, os.O_RDONLY)
 
     def fetch(self, e: int) -> tuple[Tensor, ...]:
-        out = tuple(self.handle.get_slice(self.prefix + n)[e] for n in PARAMS)
-        return tuple(t.to(self.device) for t in out) if self.device.type != "cpu" else out
+        out = []
+        for n in PARAMS:
+            dtype, shape, offset, nbytes = self.rows[n]
+            t = torch.empty(shape, dtype=dtype)
+            if os.preadv(self.fd, [t.reshape(-1).view(torch.uint8).numpy()], offset + e * nbytes) != nbytes:
+                raise OSError(f"{self.path}: short read of {self.prefix + n}[{e}]")
+            out.append(t if self.device.type == "cpu" else t.to(self.device))
+        return tuple(out)
+
+    def whole(self, n: str) -> Tensor:
+        """All experts' ``n`` (``[E, ...]``) in one read: an all-resident load with no second copy."""
+        dtype, shape, offset, nbytes = self.rows[n]
+        t = torch.empty(self.sizes[n], *shape, dtype=dtype)
+        if os.preadv(self.fd, [t.reshape(-1).view(torch.uint8).numpy()], offset) != t.numel() * t.element_size():
+            raise OSError(f"{self.path}: short read of {self.prefix + n}")
+        return t
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
+
+def _row_layout(meta: dict, data_start: int) -> tuple[torch.dtype, list[int], int, int]:
+    """(dtype, shape of one row, file offset of row 0, bytes per row) of a ``[E, ...]`` tensor."""
+    begin, end = meta["data_offsets"]
+    shape = meta["shape"]
+    return SAFETENSORS_DTYPES[meta["dtype"]], shape[1:], data_start + begin, (end - begin) // shape[0]
 
 
 class TensorTier:
