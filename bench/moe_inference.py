@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -142,6 +141,13 @@ def run_trained(ckpt: str, src_file: str, src_lang: str, tgt_lang: str, mode: st
     return {"sentences_s": len(lines) / total, "total_s": total, **spent, "buffer": buffer_stats(tr.model)}
 
 
+def _status_mib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def worker(job: dict) -> None:
     torch.set_num_threads(job.get("threads") or torch.get_num_threads())
     if "ckpt" in job:
@@ -149,7 +155,9 @@ def worker(job: dict) -> None:
                           job["resident"], job["policy"], job["batch"])
     else:
         out = run_random(job["spec"], job["weights"], job["mode"], job["resident"], job["policy"])
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's RSS at fork across exec
+    out["peak_rss_mib"] = _status_mib("VmHWM")
+    out["rss_end_mib"] = _status_mib("VmRSS")  # what serving holds (the peak also has the load's transients)
     print(json.dumps(out))
 
 
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"E={e} {name}: {rows[name]['sentences_s']:.2f} sent/s, peak RSS "
                       f"{rows[name]['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
             for row in rows.values():
-                row["expert_rss_mib"] = row["peak_rss_mib"] - rows["base"]["peak_rss_mib"]
+                row["expert_rss_mib"] = row["rss_end_mib"] - rows["base"]["rss_end_mib"]
             report["results"][f"random_E{e}"] = {"params": params, "configs": rows, "summary": summarize(rows, e)}
     for ckpt in filter(None, args.ckpt.split(",")):
         trained = _trained(args, ckpt)
