@@ -78,7 +78,7 @@ class SafetensorsTier:
         for n in PARAMS:
             dtype, shape, offset, nbytes = self.rows[n]
             t = torch.empty(shape, dtype=dtype)
-            if os.preadv(self.fd, [t.reshape(-1).view(torch.uint8).numpy()], offset + e * nbytes) != nbytes:
+            if os.preadv(self.fd, [_bytes_of(t)], offset + e * nbytes) != nbytes:
                 raise OSError(f"{self.path}: short read of {self.prefix + n}[{e}]")
             out.append(t if self.device.type == "cpu" else t.to(self.device))
         return tuple(out)
@@ -87,13 +87,18 @@ class SafetensorsTier:
         """All experts' ``n`` (``[E, ...]``) in one read: an all-resident load with no second copy."""
         dtype, shape, offset, nbytes = self.rows[n]
         t = torch.empty(self.sizes[n], *shape, dtype=dtype)
-        if os.preadv(self.fd, [t.reshape(-1).view(torch.uint8).numpy()], offset) != t.numel() * t.element_size():
+        if os.preadv(self.fd, [_bytes_of(t)], offset) != t.numel() * t.element_size():
             raise OSError(f"{self.path}: short read of {self.prefix + n}")
         return t
 
     def __del__(self) -> None:
         if getattr(self, "fd", None) is not None:
             os.close(self.fd)
+
+
+def _bytes_of(t: Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor (``preadv`` fills it in place)."""
+    return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 def _row_layout(meta: dict, data_start: int) -> tuple[torch.dtype, list[int], int, int]:
