@@ -52,10 +52,16 @@ def test_moe_inference_bench_quick_run_prints_one_json_line():
     proc = run_module("bench.moe_inference", "--quick", "--experts", "8", timeout=400)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     configs = report["results"]["random_E8"]["configs"]
-    assert list(configs) == ["static", "dynamic"] + [f"buffer_K{k}_{p}" for k in (8, 4, 2) for p in ("lru", "lifo")]
+    assert list(configs) == (["base", "static", "dynamic"]
+                             + [f"buffer_K{k}_{p}" for k in (8, 4, 2) for p in ("lru", "lifo")])
     for name, row in configs.items():
         assert row["sentences_s"] > 0 and row["encoder_s"] > 0 and row["decoder_s"] > 0 and row["peak_rss_mib"] > 0
         assert (row["buffer"] is None) == (not name.startswith("buffer"))
+        assert row["rss_end_mib"] <= row["peak_rss_mib"]
+        assert row["expert_rss_mib"] == row["rss_end_mib"] - configs["base"]["rss_end_mib"]
+    summary = report["results"]["random_E8"]["summary"]
+    assert summary["encoder_speedup"] == configs["static"]["encoder_s"] / configs["dynamic"]["encoder_s"]
+    assert {"decoder_speedup", "dynamic_target_met", "k_quarter_lru_time", "k_quarter_lifo_time"} <= summary.keys()
     full, quarter = configs["buffer_K8_lru"]["buffer"], configs["buffer_K2_lru"]["buffer"]
     assert full["evictions"] == 0 and full["loads"] <= 8 * 2  # K = E: each expert of the 2 MoE layers loaded once
     assert quarter["loads"] >= full["loads"] and quarter["evictions"] > 0
