@@ -109,7 +109,9 @@ def test_two_ranks_agree_on_the_trial_and_the_choice(prepared_corpus, tmp_path):
     proc = torchrun(prepared_corpus, auto, *COMMON, *MOE, *steps, "trainer.precision=auto")
     record = json.loads((auto / "precision.json").read_text())
     assert json.loads((auto / "summary.json").read_text())["precision"] == record["precision"]
-    assert proc.stdout.count(f"precision: {record['precision']} (measured") == 1  # rank 0 prints
+    # rank 0 prints the choice once: "(measured ...)" after a trial, "(bf16 matmul emulated ...)" on
+    # a CPU without bf16 units, where fp32 is taken without one
+    assert proc.stdout.count(f"precision: {record['precision']} (") == 1
     torchrun(prepared_corpus, fixed, *COMMON, *MOE, *steps, f"trainer.precision={record['precision']}")
     a, b = rank_weights(auto), rank_weights(fixed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
