@@ -4,6 +4,7 @@ measured matmul peak (for MFU), peak memory, and the matmul FLOPs of one trainin
 from __future__ import annotations
 
 import inspect
+import os
 import resource
 import sys
 import textwrap
@@ -91,6 +92,12 @@ def cpu_info() -> dict:
             info["avx512"] = "avx512f" in flags
             break
     return info
+
+
+def cores() -> dict:
+    """The cores this process may use, the machine's count, and torch's intra-op threads."""
+    return {"affinity": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def peak_rss_gib() -> float:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import nllbmoe_peer
+from bench.machine import cores as machine_cores
 from bench.machine import cpu_info, log, peak_rss_gib
 from bench.train_throughput import EPSILON, Batch, System, make_batches, optim_cfg, train_step
 from nmt.config import ModelConfig, MoEConfig
@@ -207,8 +208,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    cores = {"affinity": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-             "torch_threads": torch.get_num_threads()}
+    cores = machine_cores()
     log(f"cores: {cores}, load average {load_before}")
     cfg = model_config(args)
     batches = make_batches(4, args.batch, args.src_len, args.tgt_len, args.vocab, seed=1234)

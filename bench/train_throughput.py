@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.machine import cores as machine_cores
 from bench.machine import cpu_info, flops_formula, log, matmul_peak, peak_rss_gib, train_flops
 from nmt.config import ModelConfig, OptimConfig
 from nmt.models.transformer import PAD, Transformer, count_parameters
@@ -190,8 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    cores = {"affinity": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-             "torch_threads": torch.get_num_threads()}
+    cores = machine_cores()
     log(f"cores: {cores}, load average {load_before}")
     if load_before[0] > cores["affinity"] - 0.5:
         log("other jobs are using these cores: expect noisy, slower steps (with 2 threads on 2 busy cores "
