@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import ModelConfig
+from nmt.malloc import keep_freed_memory
 
 
 def log(msg: str) -> None:
@@ -98,6 +99,13 @@ def cores() -> dict:
     """The cores this process may use, the machine's count, and torch's intra-op threads."""
     return {"affinity": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads()}
+
+
+def allocator(system: bool) -> str:
+    """Set the process's host allocator as the trainer does (``trainer.reuse_memory``, nmt/malloc.py),
+    or leave glibc's defaults with ``system``; returns what was done, for the record. Both systems of a
+    benchmark share the process, so both run under the same allocator."""
+    return "glibc defaults (--system-malloc)" if system else keep_freed_memory()
 
 
 def peak_rss_gib() -> float:

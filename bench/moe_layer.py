@@ -2,7 +2,7 @@
 
     python -m bench.moe_layer [--tokens 4096 --d-model 512 --hidden 2048 --experts 4,16,64
                                --precisions fp32,bf16 --repeats 3 --force-bf16 --quick --out FILE]
-                              [--profile [--top 12]]
+                              [--system-malloc] [--profile [--top 12]]
 
 Both layers: top-2, capacity factor 1.0 (2·S/E slots), second expert sampled with Gumbel noise
 (fairscale's only policy; ours with ``second_expert_policy=sampling``), ReLU experts of width
@@ -13,8 +13,12 @@ ours, ...) and the medians compared: ``speedup = fairscale / ours``.
 Memory: every (layer, E, precision) also runs once in a fresh child process, which reports the
 growth of its peak resident set size over one step (``VmHWM`` after the step minus before it;
 inputs and weights already allocated): the *extra* memory of a training step.
-``memory_ratio = fairscale extra / ours extra``. Targets (issue #3): speedup ≥ 3 and
-memory_ratio ≥ 2 at every E. bf16 is skipped where a bf16 matmul is emulated (3x slower than fp32:
+``memory_ratio = fairscale extra / ours extra``. Both layers allocate the same fp32 weight
+gradients (512 MiB at E=64), which bound that ratio from above (fairscale extra / gradients);
+``memory_ratio_beyond_gradients`` compares the rest, the memory the layers' designs decide.
+Targets (issues #3, #14): speedup ≥ 3 and memory_ratio ≥ 2 at every E. Both layers run under
+the trainer's allocator (``trainer.reuse_memory``, nmt/malloc.py; ``--system-malloc``: glibc's
+defaults). bf16 is skipped where a bf16 matmul is emulated (3x slower than fp32:
 no bf16 hardware; ``--force-bf16`` runs it anyway). The last stdout line is one JSON object, also
 written to bench/results/moe_layer.json.
 
@@ -40,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.machine import allocator
 from nmt.config import MoEConfig
 from nmt.models.moe import MoELayer
 from nmt.training.precision import bf16_matmul_emulated
@@ -113,9 +118,19 @@ def child(impl: str, tokens: int, d: int, hidden: int, experts: int, precision: 
 def extra_memory(impl: str, args: argparse.Namespace, experts: int, precision: str) -> float:
     cmd = [sys.executable, "-m", "bench.moe_layer", "--child", impl, "--tokens", str(args.tokens),
            "--d-model", str(args.d_model), "--hidden", str(args.hidden), "--experts", str(experts),
-           "--precisions", precision, "--threads", str(args.threads)]
+           "--precisions", precision, "--threads", str(args.threads)] + ["--system-malloc"] * args.system_malloc
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+
+
+def beyond_gradients(row: dict, args: argparse.Namespace, experts: int) -> dict[str, float]:
+    """The extra memory less the weight gradients, which both layers allocate alike (fp32, as their
+    parameters: E experts' two matrices and biases, and the gate): the memory a layer's design decides."""
+    d, h = args.d_model, args.hidden
+    grad_mb = 4 * (experts * (2 * d * h + h + d) + d * experts) / 2**20
+    ours, peer = row["ours_extra_mb"] - grad_mb, row["fairscale_extra_mb"] - grad_mb
+    return {"gradient_mb": grad_mb, "ours_beyond_gradients_mb": ours, "fairscale_beyond_gradients_mb": peer,
+            "memory_ratio_beyond_gradients": peer / max(ours, 1e-3)}
 
 
 def time_pair(args: argparse.Namespace, experts: int, precision: str) -> dict[str, float]:
@@ -143,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--force-bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--system-malloc", action="store_true", help="glibc's allocator defaults, not the trainer's")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
     ap.add_argument("--out", default=str(RESULTS / "moe_layer.json"))
     ap.add_argument("--profile", action="store_true", help="op-level profile of our layer instead of timing")
@@ -151,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = allocator(args.system_malloc)
     if args.child:
         child(args.child, args.tokens, args.d_model, args.hidden, int(args.experts), args.precisions)
         return
@@ -184,14 +201,17 @@ def main(argv: list[str] | None = None) -> None:
             row["ours_extra_mb"] = extra_memory("ours", args, e, precision)
             row["fairscale_extra_mb"] = extra_memory("fairscale", args, e, precision)
             row["memory_ratio"] = row["fairscale_extra_mb"] / max(row["ours_extra_mb"], 1e-3)
+            row.update(beyond_gradients(row, args, e))
             rows[str(e)] = {k: round(v, 4) for k, v in row.items()}
             log(f"{precision} E={e}: ours {row['ours_s']:.3f} s, fairscale {row['fairscale_s']:.3f} s "
                 f"(x{row['speedup']:.2f}); extra memory ours {row['ours_extra_mb']:.0f} MB, "
-                f"fairscale {row['fairscale_extra_mb']:.0f} MB (x{row['memory_ratio']:.2f})")
+                f"fairscale {row['fairscale_extra_mb']:.0f} MB (x{row['memory_ratio']:.2f}; "
+                f"x{row['memory_ratio_beyond_gradients']:.2f} beyond the {row['gradient_mb']:.0f} MB of gradients)")
         results[precision] = rows
     measured = [r for p in results.values() if "skipped" not in p for r in p.values()]
     out = {"bench": "moe_layer", "tokens": args.tokens, "d_model": args.d_model, "hidden": args.hidden,
            "top_k": 2, "capacity_factor": 1.0, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "allocator": malloc,
            "results": results,
            "min_speedup": min((r["speedup"] for r in measured), default=None),
            "min_memory_ratio": min((r["memory_ratio"] for r in measured), default=None),

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from bench import nllbmoe_peer
+from bench.machine import allocator, cpu_info, log, peak_rss_gib
 from bench.machine import cores as machine_cores
-from bench.machine import cpu_info, log, peak_rss_gib
 from bench.train_throughput import EPSILON, Batch, System, make_batches, optim_cfg, train_step
 from nmt.config import ModelConfig, MoEConfig
 from nmt.models.build import build_model
@@ -167,6 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--force-bf16", action="store_true", help="time bf16 even where its matmul is emulated")
+    p.add_argument("--system-malloc", action="store_true", help="glibc's allocator defaults, not the trainer's")
     p.add_argument("--max-seconds", type=float, default=300.0,
                    help="soft limit on the timing (at least 3 timed steps per precision); 0: none")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/moe_model_peer.json)")
@@ -207,9 +208,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     t_begin = time.perf_counter()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    malloc = allocator(args.system_malloc)
     load_before = os.getloadavg()
     cores = machine_cores()
-    log(f"cores: {cores}, load average {load_before}")
+    log(f"cores: {cores}, load average {load_before}; {malloc}")
     cfg = model_config(args)
     batches = make_batches(4, args.batch, args.src_len, args.tgt_len, args.vocab, seed=1234)
     ours, ours_rows = build_ours(cfg, args.vocab)
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "params": {"ours": count_parameters(ours.model), "peer": count_parameters(peer.model)},
         "results": results, "ratios": ratios, "target": {p: TARGET[p] for p in args.precisions},
         "target_met": {p: (r >= TARGET[p] if r is not None else None) for p, r in ratios.items()},
-        "peak_rss_gib": rss, "cores": cores, "threads": cores["torch_threads"],
+        "peak_rss_gib": rss, "cores": cores, "threads": cores["torch_threads"], "allocator": malloc,
         "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "wall_s": time.perf_counter() - t_begin, "cpu": cpu_info(),
         "peer": {"system": "transformers NllbMoeForConditionalGeneration, dispatch fixed (bench/nllbmoe_peer.py)",

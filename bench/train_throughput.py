@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.machine import allocator, cpu_info, flops_formula, log, matmul_peak, peak_rss_gib, train_flops
 from bench.machine import cores as machine_cores
-from bench.machine import cpu_info, flops_formula, log, matmul_peak, peak_rss_gib, train_flops
 from nmt.config import ModelConfig, OptimConfig
 from nmt.models.transformer import PAD, Transformer, count_parameters
 from nmt.training.loss import label_smoothed_nll
@@ -159,6 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
     p.add_argument("--no-peer", action="store_true", help="time ours only")
+    p.add_argument("--system-malloc", action="store_true", help="glibc's allocator defaults, not the trainer's")
     p.add_argument("--force-bf16", action="store_true",
                    help="time bf16 even when this CPU's bf16 matmul is slower than fp32")
     p.add_argument("--max-seconds", type=float, default=270.0,
@@ -190,9 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
     deadline = t_begin + args.max_seconds if args.max_seconds > 0 else float("inf")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    malloc = allocator(args.system_malloc)
     load_before = os.getloadavg()
     cores = machine_cores()
-    log(f"cores: {cores}, load average {load_before}")
+    log(f"cores: {cores}, load average {load_before}; {malloc}")
     if load_before[0] > cores["affinity"] - 0.5:
         log("other jobs are using these cores: expect noisy, slower steps (with 2 threads on 2 busy cores "
             "--threads 1 was ~2.5x faster and far steadier here); ratios come from interleaved steps")
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_met": {p: (r >= 1.0 if r is not None else None) for p, r in ratios.items()},
         "peak_rss_gib": rss,
         "cores": cores,
+        "allocator": malloc,
         "loadavg_before": list(load_before),
         "loadavg_after": list(os.getloadavg()),
         "wall_s": time.perf_counter() - t_begin,

@@ -163,6 +163,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto (measure) | bf16 (autocast) | fp32
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0: torch's default
+    reuse_memory: bool = True  # on CPU, keep freed memory in the process for the next step (nmt/malloc.py)
     seed: int = 1
     log_interval: int = 50
     valid_interval: int = 500

@@ -65,7 +65,8 @@ def resolve_directions(corpus: Path, requested: list[str], valid_requested: list
     return directions, valid_dirs
 
 
-RUNTIME_KEYS = {("trainer", "resume"), ("trainer", "progress"), ("trainer", "threads")}  # may differ on restart
+RUNTIME_KEYS = {("trainer", "resume"), ("trainer", "progress"), ("trainer", "threads"),
+                ("trainer", "reuse_memory")}  # may differ on restart
 
 
 def has_checkpoint(run_dir: Path) -> bool:

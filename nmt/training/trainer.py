@@ -28,6 +28,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.device import resolve_device
 from nmt.errors import UserError
 from nmt.langs import languages_of
+from nmt.malloc import keep_freed_memory
 from nmt.models.build import build_model, is_adapter_parameter, parameter_report
 from nmt.models.transformer import PAD, count_parameters
 from nmt.training import distributed, preemption
@@ -89,6 +90,8 @@ class Trainer:
         if t.threads > 0:
             torch.set_num_threads(t.threads)
         device = resolve_device(t.device, key="trainer.device")
+        if t.reuse_memory and device.type == "cpu":
+            log.info(keep_freed_memory())
         self.env = distributed.detect()
         distributed.init(self.env, device.type)
         self.rank, self.world = self.env.rank, self.env.world_size
