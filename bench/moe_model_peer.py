@@ -10,9 +10,9 @@ the FFN width) in every 2nd layer of both stacks, vocabulary 8000, dropout 0.1, 
 0.1, no activation dropout, capacity 2·ceil(S/E), second expert always used; expert output
 masking is off (timing). The peer is ``NllbMoeForConditionalGeneration`` with the dispatch fix of
 bench/nllbmoe_peer.py; our model is built with the matching ``model.moe`` and, after both have
-warmed up, given the peer's weights (nmt.import_hf's map), so both start timing from the same
-weights and route alike. One step = forward, label-smoothed loss + balancing loss, backward, our
-fused AdamW — the trainer's step (bench/train_throughput.py's ``train_step``). Steps are timed
+warmed up, given the peer's weights (nmt.import_hf's map) before every timed pair of steps, so
+both time steps from the same weights and route alike. One step = forward, label-smoothed loss +
+balancing loss, backward, our fused AdamW — the trainer's step (bench/train_throughput.py's ``train_step``). Steps are timed
 interleaved (ours, peer, peer, ours, ...). ``ratio_*`` = peer step time ÷ ours (> 1: ours is
 faster). Targets (issue #14): 1.15 in fp32, 1.5 in bf16. bf16 is skipped where a bf16 matmul is
 emulated (``--force-bf16`` times it anyway). Progress on stderr; one JSON line on stdout, also
@@ -122,18 +122,21 @@ def share_weights(ours: System, peer: System) -> None:
 
 def time_precision(ours: System, peer: System, ours_rows: dict[str, int], batches: list[Batch], prec: str,
                    args: argparse.Namespace, seconds: float) -> dict:
-    """Warm-up of both, the peer's weights into ours, then interleaved timed steps."""
+    """Warm-up of both, then interleaved timed steps, each pair from the same weights (the peer's,
+    copied into ours outside the timer): the two balancing losses differ, so weights trained apart
+    route apart within a few steps (after 3: 15.5k expert rows for ours against 14.1k), and the
+    step times would compare different amounts of expert work."""
     t_start, res = time.perf_counter(), {"warmup_steps": args.warmup}
     for i in range(args.warmup):
         for s in (ours, peer):
             wall, _ = train_step(s, batches[i % len(batches)], prec)
             log(f"  [{prec}] {s.name} warm-up step {wall:.2f}s")
-    share_weights(ours, peer)
     nllbmoe_peer.rows_computed(peer.model)  # resets the peer's count
     ours_rows["rows"] = 0
     walls: dict[str, list[float]] = {"ours": [], "peer": []}
     cpus: dict[str, list[float]] = {"ours": [], "peer": []}
     for i in range(args.steps):
+        share_weights(ours, peer)
         for s in ((ours, peer) if i % 2 == 0 else (peer, ours)):
             wall, cpu = train_step(s, batches[i % len(batches)], prec)
             walls[s.name].append(wall)

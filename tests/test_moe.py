@@ -255,6 +255,7 @@ def test_moe_freq_places_layers() -> None:
 
 @pytest.mark.parametrize("p", [0.0, 0.3])
 def test_expert_kernel_gradients_match_finite_differences(p: float) -> None:
+    from nmt.models.dropout import keep_mask
     from nmt.models.moe.experts import _ReluExperts
 
     torch.manual_seed(0)
@@ -280,7 +281,7 @@ def test_expert_kernel_gradients_match_finite_differences(p: float) -> None:
         if c:
             h = torch.relu(x[start:start + c] @ w1[i] + b1[i])
             if p > 0:
-                h = h * torch.rand_like(h).ge(p) / (1 - p)
+                h = h * keep_mask(h.shape, p, h.device) / (1 - p)
             ref.append(h @ w2[i] + b2[i])
             start += c
     y_ref = torch.cat(ref)

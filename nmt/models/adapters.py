@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.langs import FLORES200, all_tag_tokens
+from nmt.models.dropout import dropout
 from nmt.models.ffn import BatchContext
 
 N_LANGS = len(all_tag_tokens())  # language index = tag slot: Flores-200, then the spare slots (added languages)
@@ -182,7 +183,7 @@ class HyperNetwork(nn.Module):
         parts = [self.src_embed(s).expand(n, -1), self.tgt_embed(t).expand(n, -1), self.layer_embed(ids)]
         on = self.masks[side]
         z = torch.cat([p if on[i] else torch.zeros_like(p) for i, p in enumerate(parts)], dim=-1)
-        h = F.dropout(F.relu(self.input(z)), p=self.dropout, training=self.training)
+        h = dropout(F.relu(self.input(z)), self.dropout, self.training)
         for block in self.blocks:
             h = block(h)
         scale = 1.0 / math.sqrt(self.hidden) if self.rescale else 1.0

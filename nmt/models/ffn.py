@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.models.dropout import dropout
+
 
 @dataclass
 class BatchContext:
@@ -39,5 +41,5 @@ class DenseFFN(nn.Module):
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         h = self.act(self.fc1(x))
         if self.activation_dropout > 0:
-            h = F.dropout(h, p=self.activation_dropout, training=self.training)
+            h = dropout(h, self.activation_dropout, self.training)
         return self.fc2(h)

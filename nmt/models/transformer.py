@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from nmt.config import ModelConfig
 from nmt.errors import UserError
 from nmt.models.attention import MultiheadAttention
+from nmt.models.dropout import dropout
 from nmt.models.ffn import BatchContext, DenseFFN
 from nmt.models.kv_cache import KVCache, LayerKV
 from nmt.models.moe.cmr import finish_global_budget
@@ -47,9 +48,9 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None, ctx: BatchContext) -> Tensor:
         h = self.self_attn(self.self_attn_ln(x), mask=mask)
-        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + dropout(h, self.dropout, self.training)
         h = self.ffn(self.ffn_ln(x), ctx)
-        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + dropout(h, self.dropout, self.training)
         return x if self.adapter is None else self.adapter(x, ctx)
 
 
@@ -75,11 +76,11 @@ class DecoderLayer(nn.Module):
         cache: LayerKV | None = None,
     ) -> Tensor:
         h = self.self_attn(self.self_attn_ln(x), mask=self_mask, cache=cache)
-        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + dropout(h, self.dropout, self.training)
         h = self.cross_attn(self.cross_attn_ln(x), memory=memory, mask=memory_mask, cache=cache)
-        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + dropout(h, self.dropout, self.training)
         h = self.ffn(self.ffn_ln(x), ctx)
-        x = x + F.dropout(h, p=self.dropout, training=self.training)
+        x = x + dropout(h, self.dropout, self.training)
         return x if self.adapter is None else self.adapter(x, ctx)
 
 
@@ -154,7 +155,7 @@ class Transformer(nn.Module):
     def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
         t, first = tokens.shape[1], self.cfg.position_offset + offset  # position p uses table row offset + p
         x = self.embed(tokens) * self.embed_scale + self.positions[first: first + t].to(self.embed.weight.dtype)
-        return F.dropout(x, p=self.cfg.dropout, training=self.training)
+        return dropout(x, self.cfg.dropout, self.training)
 
     def encode(self, src_tokens: Tensor, src_lang: Tensor | None = None, tgt_lang: Tensor | None = None,
                aux: dict[str, Tensor] | None = None, aux_loss_scale: float = 1.0) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.config import MoEConfig
+from nmt.models.dropout import dropout
 from nmt.models.ffn import BatchContext
 from nmt.models.moe.aux_loss import AuxLossThroughOutput, add_aux_loss
 
@@ -42,7 +43,7 @@ class CMRLayer(nn.Module):
         with torch.autocast(x_BTD.device.type, enabled=False):
             dtype = torch.promote_types(x_BTD.dtype, torch.float32)
             logit_BT = F.linear(x_BTD.to(dtype), self.gate.weight.to(dtype), self.gate.bias.to(dtype)).squeeze(-1)
-        g_BT = F.dropout(torch.sigmoid(logit_BT), p=self.cfg.cmr_gate_dropout, training=self.training)
+        g_BT = dropout(torch.sigmoid(logit_BT), self.cfg.cmr_gate_dropout, self.training)
         if pad_mask_BT is None:
             return g_BT, torch.tensor(g_BT.numel(), device=g_BT.device)
         return g_BT.masked_fill(pad_mask_BT, 0.0), (~pad_mask_BT).sum()

@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.models.dropout import dropout, keep_mask
+
 
 class _ScaleGrad(torch.autograd.Function):
     """Identity whose backward multiplies the gradient by a constant."""
@@ -44,8 +46,8 @@ class _ReluExperts(torch.autograd.Function):
     autocast keeps its casts; autocast itself would cast every expert's slice, then stack the
     slices' gradients and cast them back); gradients go straight into one ``[E, ...]`` buffer per
     parameter in the parameter's dtype, allocated without a zero fill (only experts without rows
-    are zeroed). Activation dropout is inverted dropout on the hidden units (the mask drawn in
-    fp32); ReLU's derivative is read off the saved hidden activations (``h > 0``), so nothing
+    are zeroed). Activation dropout is inverted dropout on the hidden units (the mask from
+    :func:`nmt.models.dropout.keep_mask`); ReLU's derivative is read off the saved hidden activations (``h > 0``), so nothing
     else is kept for backward."""
 
     @staticmethod
@@ -62,7 +64,7 @@ class _ReluExperts(torch.autograd.Function):
                 torch.addmm(b1c_EH[e], xc_RD[start:start + rows], w1[e], out=h)
                 h.clamp_(min=0)
                 if p > 0:
-                    h.mul_(torch.rand(h.shape, device=h.device).ge_(p).div_(1 - p))
+                    h.mul_(keep_mask(h.shape, p, h.device)).mul_(1.0 / (1 - p))
                 torch.addmm(b2c_ED[e], h, w2[e], out=out_RD[start:start + rows])
         ctx.save_for_backward(xc_RD, w1, w2, hidden_RH)
         ctx.counts, ctx.p, ctx.scale = counts, p, scale
@@ -189,7 +191,7 @@ class Experts(nn.Module):
         for e, start, rows in _slices(counts):
             h = self.act(torch.addmm(b1s[e], x[start:start + rows], w1s[e]))
             if self.activation_dropout > 0:
-                h = F.dropout(h, p=self.activation_dropout, training=self.training)
+                h = dropout(h, self.activation_dropout, self.training)
             outs.append(torch.addmm(b2s[e], h, w2s[e]))
         return torch.cat(outs) if outs else x.new_zeros((0, ws[2].shape[-1]))
 
