@@ -7,17 +7,17 @@
 
 NLLB-MoE's layer layout scaled down: d 512, 4+4 layers, FFN 2048, an MoE layer (top-2, E experts of
 the FFN width) in every 2nd layer of both stacks, vocabulary 8000, dropout 0.1, attention dropout
-0.1, no activation dropout, capacity 2·ceil(S/E), second expert always used; expert output
-masking is off (timing). The peer is ``NllbMoeForConditionalGeneration`` with the dispatch fix of
+0.1, no activation dropout, capacity 2·ceil(S/E), second expert always used; expert output masking
+is off (timing). The peer is ``NllbMoeForConditionalGeneration`` with the dispatch fix of
 bench/nllbmoe_peer.py; our model is built with the matching ``model.moe`` and, after both have
-warmed up, given the peer's weights (nmt.import_hf's map) before every timed pair of steps, so
-both time steps from the same weights and route alike. One step = forward, label-smoothed loss +
-balancing loss, backward, our fused AdamW — the trainer's step (bench/train_throughput.py's ``train_step``). Steps are timed
-interleaved (ours, peer, peer, ours, ...). ``ratio_*`` = peer step time ÷ ours (> 1: ours is
-faster). Targets (issue #14): 1.15 in fp32, 1.5 in bf16. bf16 is skipped where a bf16 matmul is
-emulated (``--force-bf16`` times it anyway). Progress on stderr; one JSON line on stdout, also
-bench/results/moe_model_peer.json (not with ``--quick`` unless ``--out``). ``--profile``: no
-timing, one profiled step of each system per precision (top ops by self CPU time).
+warmed up, given the peer's weights (nmt.import_hf's map) before every timed pair of steps, so both
+time steps from the same weights and route alike. One step = forward, label-smoothed loss +
+balancing loss, backward, our fused AdamW — the trainer's step (bench/train_throughput.py's
+``train_step``). Steps are timed interleaved (ours, peer, peer, ours, ...). ``ratio_*`` = peer step
+time ÷ ours (> 1: ours is faster). Targets (issue #14): 1.15 in fp32, 1.5 in bf16. bf16 is skipped
+where a bf16 matmul is emulated (``--force-bf16`` times it anyway). Progress on stderr; one JSON
+line on stdout, also bench/results/moe_model_peer.json (not with ``--quick`` unless ``--out``).
+``--profile``: no timing, one profiled step of each system per precision (top ops by self CPU time).
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ class _ReluExperts(torch.autograd.Function):
     slices' gradients and cast them back); gradients go straight into one ``[E, ...]`` buffer per
     parameter in the parameter's dtype, allocated without a zero fill (only experts without rows
     are zeroed). Activation dropout is inverted dropout on the hidden units (the mask from
-    :func:`nmt.models.dropout.keep_mask`); ReLU's derivative is read off the saved hidden activations (``h > 0``), so nothing
-    else is kept for backward."""
+    :func:`nmt.models.dropout.keep_mask`); ReLU's derivative is read off the saved hidden
+    activations (``h > 0``), so nothing else is kept for backward."""
 
     @staticmethod
     def forward(ctx, x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED, counts: list[int], p: float, scale: float,
