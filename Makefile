@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/python -m mypy nmt data_prep
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
 
 demo: $(STAMP)
 	$(BIN)/python -m data_prep.demo $(DEMO_ARGS)
