@@ -7,16 +7,15 @@ MoE layer with 64 experts of d 512 / FFN 2048 faulted ~700 MiB per step that way
 0.96 s with the memory kept (bench/moe_layer.py, fp32, 2 threads, AVX2 CPU). This turns ``mmap``
 off for ``malloc`` and raises the trim threshold, so freed blocks stay in the heap and are reused.
 
-The cost: the process does not return memory to the kernel between steps (its resident set stays
-at its peak, as a caching allocator's would) and the heap can fragment, which raised the one-step
-peak of that layer by ~8% and a base-shape training step's peak RSS by 1.4%. The worst pattern
-seen: one 64 MiB tensor allocated and freed again and again is served from fresh heap for ~8
-rounds (torch's 64-byte aligned requests leave remainders that keep the freed block from fitting
-until glibc consolidates), so the heap holds ~450 MiB more before every round reuses it.
-``trainer.reuse_memory=false`` keeps glibc's defaults. Nothing changes
-when the environment already tunes glibc (``MALLOC_*_`` variables, ``GLIBC_TUNABLES``) or another
-allocator is preloaded (``LD_PRELOAD``, e.g. jemalloc or tcmalloc), or on a C library without
-``mallopt`` (musl, macOS).
+The cost: the process does not return memory to the kernel between steps (its resident set stays at
+its peak, as a caching allocator's would) and the heap can fragment, which raised the one-step peak
+of that layer by ~8% and a base-shape training step's peak RSS by 1.4%. The worst pattern seen: one
+64 MiB tensor allocated and freed again and again is served from fresh heap for ~8 rounds (torch's
+64-byte aligned requests leave remainders that keep the freed block from fitting until glibc
+consolidates), so the heap holds ~450 MiB more before every round reuses it.
+``trainer.reuse_memory=false`` keeps glibc's defaults. Nothing changes when the environment already
+tunes glibc (``MALLOC_*_`` variables, ``GLIBC_TUNABLES``) or another allocator is preloaded
+(``LD_PRELOAD``, e.g. jemalloc or tcmalloc), or on a C library without ``mallopt`` (musl, macOS).
 """
 
 from __future__ import annotations
