@@ -40,6 +40,29 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
+class _GatedSum(torch.autograd.Function):
+    """``out_TD[t] = Σ gate_N · y_ND`` over the assignments of token t (``index_add_``), in the
+    promotion of both dtypes. Autograd would keep the product ``gate · y`` for ``index_add_``'s
+    backward (it saves its source, an ``[N, D]`` tensor per MoE layer, though the gradient needs
+    only the index); this keeps ``y``, the gates and the index, and computes the same gradients
+    with the same ops (mul, then the row sum for the gates)."""
+
+    @staticmethod
+    def forward(ctx, y_ND: Tensor, gate_N: Tensor, token_N: Tensor, tokens: int) -> Tensor:
+        dtype = torch.promote_types(y_ND.dtype, gate_N.dtype)
+        ctx.save_for_backward(y_ND, gate_N, token_N)
+        out_TD = torch.zeros((tokens, y_ND.shape[1]), dtype=dtype, device=y_ND.device)
+        return out_TD.index_add_(0, token_N, y_ND * gate_N[:, None].to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad_TD: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        y_ND, gate_N, token_N = ctx.saved_tensors
+        grad_ND = grad_TD.index_select(0, token_N)
+        grad_y = (grad_ND * gate_N[:, None].to(grad_ND.dtype)).to(y_ND.dtype) if ctx.needs_input_grad[0] else None
+        grad_gate = (grad_ND * y_ND).sum(1).to(gate_N.dtype) if ctx.needs_input_grad[1] else None
+        return grad_y, grad_gate, None, None
+
+
 def _regroup(counts_WL: Tensor) -> Tensor:
     """Permutation taking rows ordered (rank, expert) to (expert, rank); ``counts_WL [W, L]``."""
     lens_rank_major = counts_WL.reshape(-1)
@@ -90,9 +113,7 @@ class TokenDispatcher:
         y_ND = y_RD
         if d.perm_R is not None:
             y_ND = _AllToAll.apply(y_RD[torch.argsort(d.perm_R)], d.send_splits, d.recv_splits, self.group)
-        out_TD = torch.zeros((tokens, y_ND.shape[1]), dtype=torch.promote_types(y_ND.dtype, gate_N.dtype),
-                             device=y_ND.device)
-        return out_TD.index_add_(0, d.token_N, y_ND * gate_N[:, None].to(out_TD.dtype))
+        return _GatedSum.apply(y_ND, gate_N, d.token_N, tokens)
 
 
 def pad_to_capacity(rows_RD: Tensor, counts: list[int], slots: int) -> tuple[Tensor, Tensor]:
