@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import ModelConfig
+from nmt.device import BF16_UNITS, cpu_flags
 from nmt.malloc import keep_freed_memory
 
 
@@ -83,15 +84,12 @@ def cpu_info() -> dict:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and info["model"] is None:
-            info["model"] = value.strip()
-        if key.strip() == "flags":
-            flags = set(value.split())
-            info["bf16_hardware"] = sorted(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
-            info["avx512"] = "avx512f" in flags
-            break
+    info["model"] = next((line.partition(":")[2].strip() for line in text.splitlines()
+                          if line.partition(":")[0].strip() == "model name"), None)
+    flags = cpu_flags()
+    if flags:
+        info["bf16_hardware"] = sorted(flags & {*BF16_UNITS, "avx_ne_convert"})
+        info["avx512"] = "avx512f" in flags
     return info
 
 

@@ -81,7 +81,7 @@ class ModelConfig:
     activation: str = "relu"  # relu | gelu
     max_positions: int = 512
     scale_embedding: bool = True
-    attention: str = "auto"  # auto (= sdpa) | sdpa | math
+    attention: str = "auto"  # auto (sdpa; math for bf16 on a CPU with bf16 units) | sdpa | math
     # Row of the sinusoidal table that position 0 uses. 2 = fairseq/M2M100 (positions start at
     # padding_idx + 1 in fairseq's layout), so new models export exactly to Transformers; a saved
     # config without this key (written before it existed) means 0: see saved_model_config.

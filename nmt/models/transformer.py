@@ -107,9 +107,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        impl = cfg.attention
-        if impl == "auto":  # measured on torch 2.13 CPU: bf16 batched matmul is ~20x slower than sdpa
-            impl = "sdpa"
+        impl = cfg.attention  # "auto": chosen per call by dtype and hardware (nmt.models.attention.auto_impl)
         if ffn_factory is None:
             def ffn_factory(side: str, layer: int) -> nn.Module:
                 return DenseFFN(cfg.d_model, cfg.ffn_dim, cfg.activation, cfg.activation_dropout)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nmt.device import cpu_flags
 from nmt.fileio import atomic_write
 from nmt.training.precision_trial import reduce_max, time_both
 
@@ -74,13 +75,7 @@ def _recorded(run_dir: Path, device: torch.device) -> dict[str, Any] | None:
 
 
 def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if "bf16" in f or "amx" in f)
-    except OSError:
-        pass
-    return []
+    return sorted(f for f in cpu_flags() if "bf16" in f or "amx" in f)
 
 
 def _measure(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any, label_smoothing: float,
