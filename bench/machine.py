@@ -58,22 +58,31 @@ def flops_formula() -> str:
 
 
 # ------------------------------------------------------------------------------ environment
-def matmul_peak(dtype: torch.dtype, n_max: int, repeats: int = 4) -> dict:
-    """Best-of-``repeats`` square matmul rate, over ``torch.mm`` and ``F.linear`` (the model's path;
-    on CPU they can take different kernels: for bf16 without hardware support F.linear was ~5×
-    faster than mm here). Grows the size up to ``n_max`` but stops at the size where one product
-    takes over 1/8 s (bf16 without hardware support can be ~100× slower than fp32)."""
+def matmul_peak(dtype: torch.dtype, n_max: int, repeats: int = 4, min_seconds: float = 1.0) -> dict:
+    """Best square matmul rate, over ``torch.mm`` and ``F.linear`` (the model's path; on CPU they
+    can take different kernels: for bf16 without hardware support F.linear was ~5× faster than mm
+    here). Grows the size up to ``n_max`` but stops at the size where one product takes over 1/8 s
+    (bf16 without hardware support can be ~100× slower than fp32); at that size it keeps timing
+    products for at least ``min_seconds`` (a short best-of-4 read 220 GFLOP/s where 420 was the
+    rate a second later: threads and clocks still ramping up) and takes the best."""
     n = 256
     while True:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         best = float("inf")
-        for product in (torch.mm, F.linear):
-            product(a, b)
-            for _ in range(repeats):
-                t0 = time.perf_counter()
+        last = n >= n_max
+        t_size = time.perf_counter()
+        while True:
+            for product in (torch.mm, F.linear):
                 product(a, b)
-                best = min(best, time.perf_counter() - t0)
-        if n >= n_max or best * 8 > 1.0:
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    product(a, b)
+                    best = min(best, time.perf_counter() - t0)
+            if best * 8 > 1.0:
+                last = True
+            if not last or time.perf_counter() - t_size >= min_seconds:
+                break
+        if last:
             return {"gflops": 2 * n ** 3 / best / 1e9, "n": n}
         n *= 2
 

@@ -30,6 +30,9 @@ def test_quick_fp32_run_prints_one_json_line(tmp_path):
     assert report["ratios"]["fp32"] > 0
     assert report["cores"]["torch_threads"] == 1
     assert report["params"]["ours"] == report["params"]["peer"]
+    assert report["target_met"]["fp32"] == (report["ratios"]["fp32"] >= report["target"]["fp32"] == 1.3)
+    start, end = report["peak_gflops_start_end"]["fp32"]  # MFU uses the higher of the two peaks
+    assert report["peak_gflops"]["fp32"] == pytest.approx(max(start, end), rel=1e-3)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fairscale") is None, reason="fairscale is not installed")
