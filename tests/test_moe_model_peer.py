@@ -74,7 +74,9 @@ def test_fixed_peer_equals_ours_in_training_with_the_capacity_cut(pair):
     assert peer_rows == our_rows
     grads = ours_from_peer({n: p.grad for n, p in peer.named_parameters()}, cfg)
     for name, p in ours.named_parameters():
-        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6 * p.grad.abs().max()), name
+        # atol 1e-5 of the largest entry: fp32 summation order differs between the two models' kernels
+        # (an AVX512 CPU gave 5.7e-6 on a layer-norm weight whose gradient peaks at 2.9)
+        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-5 * p.grad.abs().max()), name
     router = ours.encoder_layers[1].ffn.router.weight.grad
     assert router.abs().max() > 0  # the gates' gradient reaches the router
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.device import cpu_has_bf16
+from nmt.models.dropout import dropout
 from nmt.models.kv_cache import LayerKV
 
 
@@ -83,9 +84,7 @@ class MultiheadAttention(nn.Module):
             scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
                 scores = scores + mask.to(scores.dtype)
-            attn = torch.softmax(scores, dim=-1)
-            if p > 0:
-                attn = F.dropout(attn, p=p)
+            attn = dropout(torch.softmax(scores, dim=-1), p, p > 0)  # the cheaper CPU mask (nmt/models/dropout.py)
             out = torch.matmul(attn, v)
         b, h, t, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, h * dh))
