@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.machine import allocator
+from bench.machine import allocator, cpu_info
 from nmt.config import MoEConfig
 from nmt.models.moe import MoELayer
 from nmt.training.precision import bf16_matmul_emulated
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     measured = [r for p in results.values() if "skipped" not in p for r in p.values()]
     out = {"bench": "moe_layer", "tokens": args.tokens, "d_model": args.d_model, "hidden": args.hidden,
            "top_k": 2, "capacity_factor": 1.0, "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "allocator": malloc,
+           "allocator": malloc, "cpu": cpu_info(),
            "results": results,
            "min_speedup": min((r["speedup"] for r in measured), default=None),
            "min_memory_ratio": min((r["memory_ratio"] for r in measured), default=None),

@@ -42,6 +42,7 @@ def test_moe_layer_bench_quick_run_prints_one_json_line():
     row = report["results"]["fp32"]["4"]
     assert {"ours_s", "fairscale_s", "speedup", "ours_extra_mb", "fairscale_extra_mb", "memory_ratio"} <= row.keys()
     assert row["speedup"] > 0 and report["targets"] == {"speedup": 3.0, "memory_ratio": 2.0}
+    assert {"model", "bf16_hardware"} <= report["cpu"].keys()  # figures travel with the CPU they came from
 
 
 def test_moe_model_bench_quick_run_prints_one_json_line():

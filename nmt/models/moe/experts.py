@@ -6,7 +6,8 @@ Shape suffixes: E experts (E_local on this rank), D model dim, H expert hidden d
 Each expert runs on its contiguous slice of the rows. The ReLU path uses a fused kernel
 (:class:`_ReluExperts`), in fp32 and under autocast alike: one cast per weight and step, and
 gradients written straight into one ``[E, ...]`` tensor per parameter, in its dtype, without a
-zero fill. With an expert-parallel group of W ranks each rank holds ``E/W`` experts, expert
+zero fill; the backward's per-expert products go into scratch buffers allocated once per call.
+With an expert-parallel group of W ranks each rank holds ``E/W`` experts, expert
 gradients are divided by W (tokens of all ranks reach them: this matches data-parallel averaging
 of the dense gradients), and ``state_dict`` always holds all E experts (gathered), so
 checkpoints load on any world size.
@@ -91,13 +92,13 @@ def _slices(counts: list[int]) -> Iterator[tuple[int, int, int]]:
             start += rows
 
 
-def _mm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """``out = a @ b``; a product in a narrower dtype is cast into ``out`` (a small temporary
-    per expert instead of a full ``[E, ...]`` buffer in the compute dtype)."""
+def _mm_into(out: Tensor, a: Tensor, b: Tensor, scratch: Tensor | None = None) -> None:
+    """``out = a @ b``; a product in a narrower dtype is formed in ``scratch`` (same shape as
+    ``out``, in ``a``'s dtype, reused by every expert) and cast into ``out``."""
     if out.dtype == a.dtype:
         torch.mm(a, b, out=out)
     else:
-        out.copy_(torch.mm(a, b))
+        out.copy_(torch.mm(a, b, out=scratch) if scratch is not None else torch.mm(a, b))
 
 
 def _sum_into(out: Tensor, a: Tensor) -> None:
@@ -123,17 +124,26 @@ def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2
     if idle:
         for g in (grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED):
             g[idle] = 0
+    # Scratch buffers for the per-expert products, allocated once per call and sized for the
+    # largest expert, instead of up to four varying-size temporaries per expert and step.
+    most = max(counts, default=0)
+    grad_hidden = x_RD.new_empty((most, h_dim))
+    w1_scratch = x_RD.new_empty((d, h_dim)) if dtypes[1] != x_RD.dtype else None
+    w2_scratch = x_RD.new_empty((h_dim, d)) if dtypes[3] != x_RD.dtype else None
+    x_scratch = x_RD.new_empty((most, d)) if dtypes[0] != x_RD.dtype else None
     for e, start, rows in _slices(counts):
         grad_RD, h = grad_out_RD[start:start + rows], hidden_RH[start:start + rows]
-        _mm_into(grad_w2_EHD[e], h.t(), grad_RD)
+        _mm_into(grad_w2_EHD[e], h.t(), grad_RD, w2_scratch)
         _sum_into(grad_b2_ED[e], grad_RD)
-        # ReLU's backward (and dropout's zeros: kept units carry dropout's 1/(1-p)), in one op
-        grad_h = torch.ops.aten.threshold_backward(torch.mm(grad_RD, w2_EHD[e].t()), h, 0)
+        # ReLU's backward (and dropout's zeros: kept units carry dropout's 1/(1-p)), in place
+        grad_h = torch.mm(grad_RD, w2_EHD[e].t(), out=grad_hidden[:rows])
+        torch.ops.aten.threshold_backward.grad_input(grad_h, h, 0, grad_input=grad_h)
         if p > 0:
             grad_h.mul_(1.0 / (1 - p))
-        _mm_into(grad_w1_EDH[e], x_RD[start:start + rows].t(), grad_h)
+        _mm_into(grad_w1_EDH[e], x_RD[start:start + rows].t(), grad_h, w1_scratch)
         _sum_into(grad_b1_EH[e], grad_h)
-        _mm_into(grad_x_RD[start:start + rows], grad_h, w1_EDH[e].t())
+        x_out = x_scratch[:rows] if x_scratch is not None else None
+        _mm_into(grad_x_RD[start:start + rows], grad_h, w1_EDH[e].t(), x_out)
     return [grad_x_RD, grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED]
 
 
