@@ -12,12 +12,17 @@ from nmt.models.moe.experts import Experts
 
 
 class CountOps(TorchDispatchMode):
+    """Calls per op (``mm``) and per overload (``mm.default`` allocates its result, ``mm.out``
+    writes into a buffer)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.ops[str(func.overloadpacket.__name__)] += 1
+        name = str(func.overloadpacket.__name__)
+        self.ops[name] += 1
+        self.ops[f"{name}.{func._overloadname}"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -81,18 +86,6 @@ def test_casts_and_fills_do_not_grow_with_the_number_of_experts():
     assert many["addmm"] - few["addmm"] == 2 * 12 and many["mm"] - few["mm"] == 4 * 12
 
 
-class CountOverloads(TorchDispatchMode):
-    """Calls per op overload (``mm.default`` allocates its result, ``mm.out`` writes into a buffer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.ops[f"{func.overloadpacket.__name__}.{func._overloadname}"] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_backward_allocates_no_per_expert_products():
     """Every per-expert product of the backward lands in a scratch buffer allocated once per call,
     not in a new varying-size temporary per expert."""
@@ -102,7 +95,7 @@ def test_backward_allocates_no_per_expert_products():
             x = torch.randn(128, 16, requires_grad=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 y = ex(x, [128 // e] * e)
-            with CountOverloads() as mode:
+            with CountOps() as mode:
                 y.float().sum().backward()
             assert mode.ops["mm.out"] == 4 * e, (autocast, e, mode.ops)  # grad of h, w2, w1, x
             assert mode.ops["mm.default"] == 0 and mode.ops["threshold_backward.default"] == 0, mode.ops

@@ -92,13 +92,18 @@ def _slices(counts: list[int]) -> Iterator[tuple[int, int, int]]:
             start += rows
 
 
-def _mm_into(out: Tensor, a: Tensor, b: Tensor, scratch: Tensor | None = None) -> None:
-    """``out = a @ b``; a product in a narrower dtype is formed in ``scratch`` (same shape as
-    ``out``, in ``a``'s dtype, reused by every expert) and cast into ``out``."""
-    if out.dtype == a.dtype:
+def _scratch(like: Tensor, shape: tuple[int, ...], out_dtype: torch.dtype) -> Tensor | None:
+    """A buffer in ``like``'s dtype for products that are cast into ``out_dtype``; None when no cast is needed."""
+    return None if out_dtype == like.dtype else like.new_empty(shape)
+
+
+def _mm_into(out: Tensor, a: Tensor, b: Tensor, scratch: Tensor | None) -> None:
+    """``out = a @ b``; with a ``scratch`` (``out``'s shape, ``a``'s narrower dtype, reused by every
+    expert) the product is formed there and cast into ``out``."""
+    if scratch is None:
         torch.mm(a, b, out=out)
     else:
-        out.copy_(torch.mm(a, b, out=scratch) if scratch is not None else torch.mm(a, b))
+        out.copy_(torch.mm(a, b, out=scratch))
 
 
 def _sum_into(out: Tensor, a: Tensor) -> None:
@@ -128,9 +133,8 @@ def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2
     # largest expert, instead of up to four varying-size temporaries per expert and step.
     most = max(counts, default=0)
     grad_hidden = x_RD.new_empty((most, h_dim))
-    w1_scratch = x_RD.new_empty((d, h_dim)) if dtypes[1] != x_RD.dtype else None
-    w2_scratch = x_RD.new_empty((h_dim, d)) if dtypes[3] != x_RD.dtype else None
-    x_scratch = x_RD.new_empty((most, d)) if dtypes[0] != x_RD.dtype else None
+    w1_scratch, w2_scratch = _scratch(x_RD, (d, h_dim), dtypes[1]), _scratch(x_RD, (h_dim, d), dtypes[3])
+    x_scratch = _scratch(x_RD, (most, d), dtypes[0])
     for e, start, rows in _slices(counts):
         grad_RD, h = grad_out_RD[start:start + rows], hidden_RH[start:start + rows]
         _mm_into(grad_w2_EHD[e], h.t(), grad_RD, w2_scratch)
