@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _count_ops import CountOps
 from nmt.models.moe.dispatch import Dispatched, TokenDispatcher, _GatedSum
 
 
@@ -15,8 +16,10 @@ def _autograd_reference(y, gate, token, tokens):
     return torch.zeros((tokens, y.shape[1]), dtype=dtype).index_add_(0, token, y * gate[:, None].to(dtype))
 
 
+@pytest.mark.parametrize("chunk", [1024, 7])  # one chunk; 29 chunks, the last one short
 @pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_gated_sum_matches_autograd_bit_for_bit(y_dtype):
+def test_gated_sum_matches_autograd_bit_for_bit(y_dtype, chunk, monkeypatch):
+    monkeypatch.setattr(_GatedSum, "CHUNK", chunk)
     torch.manual_seed(0)
     token = torch.randint(0, 50, (200,))
     w = torch.randn(50, 8)
@@ -50,3 +53,14 @@ def test_combine_keeps_no_gated_product_for_backward():
     assert out.shape == (40, 16)
     rows = [t for t in saved if t.shape == (64, 16)]
     assert len(rows) == 1 and rows[0].data_ptr() == y.data_ptr()  # y itself, not a product
+
+
+def test_combine_never_forms_the_whole_product(monkeypatch):
+    """Forward and backward form ``gate · y`` and ``grad · y`` a chunk of assignments at a time."""
+    monkeypatch.setattr(_GatedSum, "CHUNK", 16)
+    y = torch.randn(64, 8, dtype=torch.bfloat16, requires_grad=True)
+    gate = torch.rand(64, requires_grad=True)
+    token = torch.randint(0, 40, (64,))
+    with CountOps() as mode:
+        _GatedSum.apply(y, gate, token, 40).sum().backward()
+    assert mode.shapes["mul"] and all(shape[0] <= 16 for shape in mode.shapes["mul"]), mode.shapes["mul"]

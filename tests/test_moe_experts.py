@@ -6,24 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from _count_ops import CountOps
 from nmt.models.moe.experts import Experts
-
-
-class CountOps(TorchDispatchMode):
-    """Calls per op (``mm``) and per overload (``mm.default`` allocates its result, ``mm.out``
-    writes into a buffer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        name = str(func.overloadpacket.__name__)
-        self.ops[name] += 1
-        self.ops[f"{name}.{func._overloadname}"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _experts(e: int, d: int = 16, h: int = 32) -> Experts:
@@ -100,3 +85,18 @@ def test_backward_allocates_no_per_expert_products():
             assert mode.ops["mm.out"] == 4 * e, (autocast, e, mode.ops)  # grad of h, w2, w1, x
             assert mode.ops["mm.default"] == 0 and mode.ops["threshold_backward.default"] == 0, mode.ops
             assert mode.ops["threshold_backward.grad_input"] == e
+
+
+def test_weights_are_cast_one_expert_at_a_time():
+    """Under autocast no op makes a bf16 copy of all experts' weights: each expert's matrix is
+    cast into one scratch buffer when it is used, in the forward and again in the backward, so
+    no second copy of the experts lives from the forward to the end of the backward."""
+    e, d, h = 8, 16, 32
+    ex = _experts(e, d, h)
+    x = torch.randn(64, d, requires_grad=True)
+    with CountOps() as mode, torch.autocast("cpu", dtype=torch.bfloat16):
+        ex(x, [8] * e).float().sum().backward()
+    bf16 = [shape for _, shape, dtype in mode.results if dtype == torch.bfloat16]
+    assert (d, h) in bf16 and (h, d) in bf16  # the per-expert scratch buffers
+    assert not [s for s in bf16 if s in ((e, d, h), (e, h, d))], bf16
+    assert mode.ops["copy_"] >= 4 * e  # w1 and w2 of every expert, forward and backward

@@ -45,22 +45,39 @@ class _GatedSum(torch.autograd.Function):
     promotion of both dtypes. Autograd would keep the product ``gate · y`` for ``index_add_``'s
     backward (it saves its source, an ``[N, D]`` tensor per MoE layer, though the gradient needs
     only the index); this keeps ``y``, the gates and the index, and computes the same gradients
-    with the same ops (mul, then the row sum for the gates)."""
+    with the same ops (mul, then the row sum for the gates). Forward and backward run over
+    ``CHUNK`` assignments at a time, so their ``[N, D]`` products in the promoted dtype are never
+    whole (same values: every row's ops and the order of additions per token are unchanged)."""
+
+    CHUNK = 1024
 
     @staticmethod
     def forward(ctx, y_ND: Tensor, gate_N: Tensor, token_N: Tensor, tokens: int) -> Tensor:
         dtype = torch.promote_types(y_ND.dtype, gate_N.dtype)
         ctx.save_for_backward(y_ND, gate_N, token_N)
         out_TD = torch.zeros((tokens, y_ND.shape[1]), dtype=dtype, device=y_ND.device)
-        return out_TD.index_add_(0, token_N, y_ND * gate_N[:, None].to(dtype))
+        for c in _chunks(token_N.shape[0], _GatedSum.CHUNK):
+            out_TD.index_add_(0, token_N[c], y_ND[c] * gate_N[c, None].to(dtype))
+        return out_TD
 
     @staticmethod
     def backward(ctx, grad_TD: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         y_ND, gate_N, token_N = ctx.saved_tensors
-        grad_ND = grad_TD.index_select(0, token_N)
-        grad_y = (grad_ND * gate_N[:, None].to(grad_ND.dtype)).to(y_ND.dtype) if ctx.needs_input_grad[0] else None
-        grad_gate = (grad_ND * y_ND).sum(1).to(gate_N.dtype) if ctx.needs_input_grad[1] else None
+        want_y, want_gate = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_y = y_ND.new_empty(y_ND.shape) if want_y else None
+        grad_gate = gate_N.new_empty(gate_N.shape) if want_gate else None
+        for c in _chunks(token_N.shape[0], _GatedSum.CHUNK):
+            grad_ND = grad_TD.index_select(0, token_N[c])
+            if grad_gate is not None:
+                grad_gate[c] = (grad_ND * y_ND[c]).sum(1)
+            if grad_y is not None:
+                grad_y[c] = grad_ND.mul_(gate_N[c, None].to(grad_ND.dtype))
         return grad_y, grad_gate, None, None
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    """Slices covering ``range(n)``, ``size`` at a time."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _regroup(counts_WL: Tensor) -> Tensor:

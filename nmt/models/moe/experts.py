@@ -4,9 +4,10 @@ Shape suffixes: E experts (E_local on this rank), D model dim, H expert hidden d
 (token→expert assignments, grouped by local expert: ``counts[i]`` rows for expert i).
 
 Each expert runs on its contiguous slice of the rows. The ReLU path uses a fused kernel
-(:class:`_ReluExperts`), in fp32 and under autocast alike: one cast per weight and step, and
-gradients written straight into one ``[E, ...]`` tensor per parameter, in its dtype, without a
-zero fill; the backward's per-expert products go into scratch buffers allocated once per call.
+(:class:`_ReluExperts`), in fp32 and under autocast alike: each expert's weights cast into one
+reused buffer when used (no cast copy of all experts is kept), gradients written straight into
+one ``[E, ...]`` tensor per parameter, in its dtype, without a zero fill; the backward's
+per-expert products go into scratch buffers allocated once per call.
 With an expert-parallel group of W ranks each rank holds ``E/W`` experts, expert
 gradients are divided by W (tokens of all ranks reach them: this matches data-parallel averaging
 of the dense gradients), and ``state_dict`` always holds all E experts (gathered), so
@@ -43,13 +44,16 @@ class _ReluExperts(torch.autograd.Function):
     """Every local expert's ReLU FFN on its contiguous slice, computed in ``dtype`` (the autocast
     dtype under autocast, else the input's), with a hand-written backward.
 
-    Under autocast each weight is cast once (one op for all experts, kept for backward as
-    autocast keeps its casts; autocast itself would cast every expert's slice, then stack the
-    slices' gradients and cast them back); gradients go straight into one ``[E, ...]`` buffer per
-    parameter in the parameter's dtype, allocated without a zero fill (only experts without rows
-    are zeroed). Activation dropout is inverted dropout on the hidden units (the mask from
-    :func:`nmt.models.dropout.keep_mask`); ReLU's derivative is read off the saved hidden
-    activations (``h > 0``), so nothing else is kept for backward."""
+    Under autocast each expert's matrices are cast into one scratch buffer per weight just before
+    use, in the forward and again in the backward (:class:`_ExpertWeights`): no bf16 copy of all
+    experts lives from the forward to the backward, as autocast's cached casts would (256 MiB at
+    E=64, d 512, H 2048), and reading the fp32 weights twice cost no measurable time on a CPU;
+    autocast itself would also stack the slices' gradients and cast them back. Gradients go
+    straight into one ``[E, ...]`` buffer per parameter in the parameter's dtype, allocated
+    without a zero fill (only experts without rows are zeroed). Activation dropout is inverted
+    dropout on the hidden units (the mask from :func:`nmt.models.dropout.keep_mask`); ReLU's
+    derivative is read off the saved hidden activations (``h > 0``), so nothing else is kept
+    for backward."""
 
     @staticmethod
     def forward(ctx, x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED, counts: list[int], p: float, scale: float,
@@ -57,7 +61,8 @@ class _ReluExperts(torch.autograd.Function):
         dtype = dtype or x_RD.dtype
         ctx.dtypes = (x_RD.dtype, w1_EDH.dtype, b1_EH.dtype, w2_EHD.dtype, b2_ED.dtype)
         with torch.autocast(x_RD.device.type, enabled=False):
-            xc_RD, w1, b1c_EH, w2, b2c_ED = (t.to(dtype) for t in (x_RD, w1_EDH, b1_EH, w2_EHD, b2_ED))
+            xc_RD, b1c_EH, b2c_ED = (t.to(dtype) for t in (x_RD, b1_EH, b2_ED))
+            w1, w2 = _ExpertWeights(w1_EDH, dtype), _ExpertWeights(w2_EHD, dtype)
             out_RD = xc_RD.new_empty((xc_RD.shape[0], w2_EHD.shape[-1]))
             hidden_RH = xc_RD.new_empty((xc_RD.shape[0], w1_EDH.shape[-1]))
             for e, start, rows in _slices(counts):
@@ -67,7 +72,7 @@ class _ReluExperts(torch.autograd.Function):
                 if p > 0:
                     h.mul_(keep_mask(h.shape, p, h.device)).mul_(1.0 / (1 - p))
                 torch.addmm(b2c_ED[e], h, w2[e], out=out_RD[start:start + rows])
-        ctx.save_for_backward(xc_RD, w1, w2, hidden_RH)
+        ctx.save_for_backward(xc_RD, w1_EDH, w2_EHD, hidden_RH)
         ctx.counts, ctx.p, ctx.scale = counts, p, scale
         return out_RD
 
@@ -81,6 +86,21 @@ class _ReluExperts(torch.autograd.Function):
             for t in grads[1:]:
                 t.mul_(ctx.scale)
         return (*grads, None, None, None, None)
+
+
+class _ExpertWeights:
+    """One expert's matrix at a time in the compute dtype: ``w[e]`` itself when no cast is needed,
+    else its cast into one scratch buffer reused by every expert (the last expert's cast is
+    overwritten by the next lookup: use it before asking for another). All E casts at once would
+    hold a second copy of the experts (256 MiB in bf16 at E=64, d 512, H 2048) from the forward
+    to the end of the backward."""
+
+    def __init__(self, w_E: Tensor, dtype: torch.dtype):
+        self.w_E = w_E
+        self.scratch = None if w_E.dtype == dtype else w_E.new_empty(w_E.shape[1:], dtype=dtype)
+
+    def __getitem__(self, e: int) -> Tensor:
+        return self.w_E[e] if self.scratch is None else self.scratch.copy_(self.w_E[e])
 
 
 def _slices(counts: list[int]) -> Iterator[tuple[int, int, int]]:
@@ -120,6 +140,7 @@ def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2
     computed in the saved tensors' dtype. Buffers are not zero-filled: every row is written, except
     those of experts without rows, which are zeroed."""
     e_local, d, h_dim = w1_EDH.shape
+    w1, w2 = _ExpertWeights(w1_EDH, x_RD.dtype), _ExpertWeights(w2_EHD, x_RD.dtype)
     grad_x_RD = x_RD.new_empty(x_RD.shape, dtype=dtypes[0])
     grad_w1_EDH = w1_EDH.new_empty((e_local, d, h_dim), dtype=dtypes[1])
     grad_b1_EH = w1_EDH.new_empty((e_local, h_dim), dtype=dtypes[2])
@@ -140,14 +161,14 @@ def _relu_experts_backward(grad_out_RD: Tensor, x_RD: Tensor, w1_EDH: Tensor, w2
         _mm_into(grad_w2_EHD[e], h.t(), grad_RD, w2_scratch)
         _sum_into(grad_b2_ED[e], grad_RD)
         # ReLU's backward (and dropout's zeros: kept units carry dropout's 1/(1-p)), in place
-        grad_h = torch.mm(grad_RD, w2_EHD[e].t(), out=grad_hidden[:rows])
+        grad_h = torch.mm(grad_RD, w2[e].t(), out=grad_hidden[:rows])
         torch.ops.aten.threshold_backward.grad_input(grad_h, h, 0, grad_input=grad_h)
         if p > 0:
             grad_h.mul_(1.0 / (1 - p))
         _mm_into(grad_w1_EDH[e], x_RD[start:start + rows].t(), grad_h, w1_scratch)
         _sum_into(grad_b1_EH[e], grad_h)
         x_out = x_scratch[:rows] if x_scratch is not None else None
-        _mm_into(grad_x_RD[start:start + rows], grad_h, w1_EDH[e].t(), x_out)
+        _mm_into(grad_x_RD[start:start + rows], grad_h, w1[e].t(), x_out)
     return [grad_x_RD, grad_w1_EDH, grad_b1_EH, grad_w2_EHD, grad_b2_ED]
 
 
