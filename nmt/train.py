@@ -6,15 +6,13 @@ Hydra run directory (``outputs/<name>`` by default, ``hydra.run.dir=...`` to cho
 
 from __future__ import annotations
 
-import os
+# How OpenMP's idle workers wait (spin briefly on idle cores, sleep at once on shared ones):
+# libgomp reads it when torch loads, so it is chosen before any import that loads torch.
+from nmt.omp_wait import choose_wait
 
-# OpenMP worker threads sleep between parallel regions instead of spinning, unless the
-# environment says otherwise. libgomp reads this when torch loads it, so it is set before any
-# import that loads torch. On a 2-core machine shared with another job, spinning threads burned
-# the CPU share their sibling needed: the demo recipe ran at 176 tok/s with the default policy,
-# 1108 with PASSIVE (2 threads, fp32, interleaved runs; the losses do not change).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OMP_WAIT = choose_wait()
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +38,7 @@ def _main(dcfg: DictConfig) -> float | None:
     _entered = True
     try:
         setup_logging(distributed.detect().rank, console=False)  # after Hydra's own set-up: rank 0 informs, others warn
+        logging.getLogger(__name__).info(OMP_WAIT)
         resolved = cast(dict[str, Any], OmegaConf.to_container(dcfg, resolve=True))
         cfg = cast(Config, OmegaConf.to_object(dcfg))  # the structured schema registered in nmt.config
         validate(cfg)
