@@ -10,9 +10,11 @@ Both layers: top-2, capacity factor 1.0 (2·S/E slots), second expert sampled wi
 backward. For every expert count the two are timed interleaved (ours, fairscale, fairscale,
 ours, ...) and the medians compared: ``speedup = fairscale / ours``.
 
-Memory: every (layer, E, precision) also runs once in a fresh child process, which reports the
-growth of its peak resident set size over one step (``VmHWM`` after the step minus before it;
-inputs and weights already allocated): the *extra* memory of a training step.
+Memory: every (layer, E, precision) also runs in ``--memory-samples`` (3) fresh child processes,
+each reporting the growth of its peak resident set size over one step (``VmHWM`` after the step
+minus before it; inputs and weights already allocated): the *extra* memory of a training step,
+the median of the samples (all kept in ``extra_mb_samples``: at E=64 fairscale's varied from
+1166 to 1445 MB between identical runs, ours by ~2%).
 ``memory_ratio = fairscale extra / ours extra``. Both layers allocate the same fp32 weight
 gradients (512 MiB at E=64), which bound that ratio from above (fairscale extra / gradients);
 ``memory_ratio_beyond_gradients`` compares the rest, the memory the layers' designs decide.
@@ -115,7 +117,12 @@ def child(impl: str, tokens: int, d: int, hidden: int, experts: int, precision: 
     print(json.dumps({"extra_mb": (after - before) / 1024}))
 
 
-def extra_memory(impl: str, args: argparse.Namespace, experts: int, precision: str) -> float:
+def extra_memory(impl: str, args: argparse.Namespace, experts: int, precision: str) -> list[float]:
+    """``--memory-samples`` fresh children's extra memory (MB), in run order."""
+    return [_one_child(impl, args, experts, precision) for _ in range(args.memory_samples)]
+
+
+def _one_child(impl: str, args: argparse.Namespace, experts: int, precision: str) -> float:
     cmd = [sys.executable, "-m", "bench.moe_layer", "--child", impl, "--tokens", str(args.tokens),
            "--d-model", str(args.d_model), "--hidden", str(args.hidden), "--experts", str(experts),
            "--precisions", precision, "--threads", str(args.threads)] + ["--system-malloc"] * args.system_malloc
@@ -156,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--experts", default="4,16,64", help="comma list of expert counts (same tokens and FLOPs)")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-samples", type=int, default=3,
+                    help="fresh child processes per (layer, E, precision) for the extra memory; the median is used")
     ap.add_argument("--force-bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--system-malloc", action="store_true", help="glibc's allocator defaults, not the trainer's")
@@ -173,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.tokens, args.d_model, args.hidden, args.repeats, args.experts = 256, 64, 128, 1, "4"
+        args.memory_samples = 1
     if args.profile:
         from bench.op_profile import profile_layer
 
@@ -198,11 +208,13 @@ def main(argv: list[str] | None = None) -> None:
         for e in (int(x) for x in args.experts.split(",")):
             row = time_pair(args, e, precision)
             row["speedup"] = row["fairscale_s"] / row["ours_s"]
-            row["ours_extra_mb"] = extra_memory("ours", args, e, precision)
-            row["fairscale_extra_mb"] = extra_memory("fairscale", args, e, precision)
+            samples = {impl: extra_memory(impl, args, e, precision) for impl in ("ours", "fairscale")}
+            row["ours_extra_mb"] = statistics.median(samples["ours"])
+            row["fairscale_extra_mb"] = statistics.median(samples["fairscale"])
             row["memory_ratio"] = row["fairscale_extra_mb"] / max(row["ours_extra_mb"], 1e-3)
             row.update(beyond_gradients(row, args, e))
             rows[str(e)] = {k: round(v, 4) for k, v in row.items()}
+            rows[str(e)]["extra_mb_samples"] = {k: [round(v, 1) for v in vs] for k, vs in samples.items()}
             log(f"{precision} E={e}: ours {row['ours_s']:.3f} s, fairscale {row['fairscale_s']:.3f} s "
                 f"(x{row['speedup']:.2f}); extra memory ours {row['ours_extra_mb']:.0f} MB, "
                 f"fairscale {row['fairscale_extra_mb']:.0f} MB (x{row['memory_ratio']:.2f}; "
