@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import MutableMapping
+from pathlib import Path
 
 SAMPLE_S = 0.2
 QUIET_SPINCOUNT = "10000"
@@ -31,7 +32,7 @@ IDLE_SLACK = 0.5  # cores: background daemons may use this much of an otherwise 
 def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
     """(idle, total) jiffies summed over ``cpus`` from /proc/stat; None where it cannot be read."""
     try:
-        lines = open("/proc/stat").read().splitlines()  # noqa: SIM115 (a /proc read)
+        lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return None
     idle = total = 0.0
