@@ -13,8 +13,8 @@ ours, ...) and the medians compared: ``speedup = fairscale / ours``.
 Memory: every (layer, E, precision) also runs in ``--memory-samples`` (3) fresh child processes,
 each reporting the growth of its peak resident set size over one step (``VmHWM`` after the step
 minus before it; inputs and weights already allocated): the *extra* memory of a training step,
-the median of the samples (all kept in ``extra_mb_samples``: at E=64 fairscale's varied from
-1166 to 1445 MB between identical runs, ours by ~2%).
+the median of the samples (all kept in ``extra_mb_samples``: at fp32 E=64 fairscale's varied from
+1162 to 1362 MB between identical runs, ours by ~2%).
 ``memory_ratio = fairscale extra / ours extra``. Both layers allocate the same fp32 weight
 gradients (512 MiB at E=64), which bound that ratio from above (fairscale extra / gradients);
 ``memory_ratio_beyond_gradients`` compares the rest, the memory the layers' designs decide.

@@ -4,7 +4,7 @@ the shape and dtype of every tensor each op returns."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -14,7 +14,6 @@ class CountOps(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
-        self.shapes: defaultdict[str, list[tuple[int, ...]]] = defaultdict(list)
         self.results: list[tuple[str, tuple[int, ...], torch.dtype]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
@@ -23,6 +22,5 @@ class CountOps(TorchDispatchMode):
         self.ops[f"{name}.{func._overloadname}"] += 1
         out = func(*args, **(kwargs or {}))
         if isinstance(out, torch.Tensor):
-            self.shapes[name].append(tuple(out.shape))
             self.results.append((name, tuple(out.shape), out.dtype))
         return out

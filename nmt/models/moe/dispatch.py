@@ -77,7 +77,7 @@ class _GatedSum(torch.autograd.Function):
 
 def _chunks(n: int, size: int) -> list[slice]:
     """Slices covering ``range(n)``, ``size`` at a time."""
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    return [slice(i, i + size) for i in range(0, n, size)]
 
 
 def _regroup(counts_WL: Tensor) -> Tensor:
