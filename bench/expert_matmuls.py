@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from bench.machine import allocator, cpu_info
+from bench.moe_layer import add_layer_args
 from nmt.training.precision import bf16_matmul_emulated
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -191,16 +192,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--d-model", type=int, default=512)
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--experts", default="4,16,64", help="comma list (2·tokens must divide by each)")
-    ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--force-bf16", action="store_true")
-    ap.add_argument("--system-malloc", action="store_true", help="glibc's allocator defaults, not the trainer's")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
+    add_layer_args(ap, repeats=5)
     ap.add_argument("--out", default=str(RESULTS / "expert_matmuls.json"))
     args = ap.parse_args(argv)
     if args.threads:

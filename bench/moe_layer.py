@@ -155,20 +155,26 @@ def time_pair(args: argparse.Namespace, experts: int, precision: str) -> dict[st
     return {f"{impl}_s": statistics.median(v) for impl, v in times.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_layer_args(ap: argparse.ArgumentParser, repeats: int) -> None:
+    """The options this benchmark shares with bench/expert_matmuls.py: the layer's shape, the
+    expert counts (same tokens, so the same FLOPs at every E), precisions, threads, allocator."""
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--experts", default="4,16,64", help="comma list of expert counts (same tokens and FLOPs)")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--memory-samples", type=int, default=3,
-                    help="fresh child processes per (layer, E, precision) for the extra memory; the median is used")
+    ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--force-bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--system-malloc", action="store_true", help="glibc's allocator defaults, not the trainer's")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_layer_args(ap, repeats=3)
+    ap.add_argument("--memory-samples", type=int, default=3,
+                    help="fresh child processes per (layer, E, precision) for the extra memory; the median is used")
     ap.add_argument("--out", default=str(RESULTS / "moe_layer.json"))
     ap.add_argument("--profile", action="store_true", help="op-level profile of our layer instead of timing")
     ap.add_argument("--top", type=int, default=12, help="ops shown per profile")
