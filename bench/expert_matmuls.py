@@ -45,9 +45,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench.machine import allocator, cpu_info
+from bench.machine import allocator, bf16_skip_reason, cpu_info
 from bench.moe_layer import add_layer_args
-from nmt.training.precision import bf16_matmul_emulated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -171,11 +170,10 @@ def measure(args: argparse.Namespace, experts: int, dtype: torch.dtype) -> dict:
 def run(args: argparse.Namespace) -> dict:
     results: dict = {}
     for name in args.precisions.split(","):
-        if name == "bf16" and not args.force_bf16:
-            emulated, why = bf16_matmul_emulated()
-            if emulated:
-                results[name] = {"skipped": f"bf16 matmul is emulated on this CPU ({why}); --force-bf16 runs it"}
-                continue
+        reason = bf16_skip_reason(name, args.force_bf16)
+        if reason:
+            results[name] = {"skipped": reason}
+            continue
         rows: dict = {}
         for e in (int(x) for x in args.experts.split(",")):
             rows[str(e)] = measure(args, e, DTYPES[name])

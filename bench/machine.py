@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from nmt.config import ModelConfig
 from nmt.device import BF16_UNITS, cpu_flags
 from nmt.malloc import keep_freed_memory
+from nmt.training.precision import bf16_matmul_emulated
 
 
 def log(msg: str) -> None:
@@ -117,3 +118,12 @@ def allocator(system: bool) -> str:
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
+def bf16_skip_reason(precision: str, force: bool) -> str | None:
+    """Why a benchmark skips ``precision`` on this machine (a bf16 matmul is emulated, ≥ 3× slower
+    than fp32), or None to run it; ``force`` (``--force-bf16``) runs it anyway."""
+    if precision != "bf16" or force:
+        return None
+    emulated, why = bf16_matmul_emulated()
+    return f"bf16 matmul is emulated on this CPU ({why}); --force-bf16 runs it anyway" if emulated else None

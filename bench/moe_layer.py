@@ -46,10 +46,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.machine import allocator, cpu_info
+from bench.machine import allocator, bf16_skip_reason, cpu_info
 from nmt.config import MoEConfig
 from nmt.models.moe import MoELayer
-from nmt.training.precision import bf16_matmul_emulated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -204,12 +203,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     results: dict = {}
     for precision in args.precisions.split(","):
-        if precision == "bf16" and not args.force_bf16:
-            emulated, why = bf16_matmul_emulated()
-            if emulated:
-                results[precision] = {"skipped": f"bf16 matmul is emulated on this CPU ({why}); --force-bf16 runs it"}
-                log(f"{precision}: skipped ({why})")
-                continue
+        reason = bf16_skip_reason(precision, args.force_bf16)
+        if reason:
+            results[precision] = {"skipped": reason}
+            log(f"{precision}: skipped ({reason})")
+            continue
         rows = {}
         for e in (int(x) for x in args.experts.split(",")):
             row = time_pair(args, e, precision)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import nllbmoe_peer
-from bench.machine import allocator, cpu_info, log, peak_rss_gib
+from bench.machine import allocator, bf16_skip_reason, cpu_info, log, peak_rss_gib
 from bench.machine import cores as machine_cores
 from bench.train_throughput import EPSILON, Batch, System, make_batches, optim_cfg, train_step
 from nmt.config import ModelConfig, MoEConfig
@@ -43,7 +43,6 @@ from nmt.models.moe.experts import Experts
 from nmt.models.transformer import count_parameters
 from nmt.training.loss import label_smoothed_nll
 from nmt.training.optim import build_optimizer
-from nmt.training.precision import bf16_matmul_emulated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = {"fp32": 1.15, "bf16": 1.5}
@@ -190,13 +189,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def skip_reason(prec: str, force: bool) -> str | None:
-    if prec != "bf16" or force:
-        return None
-    emulated, why = bf16_matmul_emulated()
-    return f"bf16 matmul is emulated on this CPU ({why}); --force-bf16 times it anyway" if emulated else None
-
-
 def profile(ours: System, peer: System, batches: list[Batch], precisions: list[str], top: int) -> None:
     from bench.op_profile import profile_layer
 
@@ -221,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     results: dict = {}
     todo = []
     for prec in args.precisions:
-        reason = skip_reason(prec, args.force_bf16)
+        reason = bf16_skip_reason(prec, args.force_bf16)
         if reason:
             log(f"[{prec}] skipped: {reason}")
             results[prec] = {"skipped": reason}

@@ -60,3 +60,15 @@ def test_quick_run_prints_one_json_line():
         assert row["max_rel_diff"] < 1e-5 and row["loop"]["ms"] > 0 and row["bmm_over_loop"] > 0
     assert rows["2"]["loop_vs_first_e"] == 1.0
     assert {"model", "bf16_hardware"} <= report["cpu"].keys() and report["allocator"]
+
+
+def test_bf16_is_skipped_only_where_emulated_and_not_forced(monkeypatch):
+    import bench.machine as machine
+
+    monkeypatch.setattr(machine, "bf16_matmul_emulated", lambda: (True, "bf16 0.1x fp32"))
+    assert machine.bf16_skip_reason("fp32", force=False) is None
+    assert machine.bf16_skip_reason("bf16", force=True) is None
+    assert "bf16 0.1x fp32" in machine.bf16_skip_reason("bf16", force=False) and "--force-bf16" in \
+        machine.bf16_skip_reason("bf16", force=False)
+    monkeypatch.setattr(machine, "bf16_matmul_emulated", lambda: (False, "bf16 3x fp32"))
+    assert machine.bf16_skip_reason("bf16", force=False) is None
