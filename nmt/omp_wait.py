@@ -55,12 +55,18 @@ def idle_cores(cpus: set[int], sample_s: float = SAMPLE_S) -> float | None:
     return len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
 
 
+def _count(value: str | None) -> int:
+    """A rank count from the environment; 1 when unset or not a plain number (runs at import:
+    never raise)."""
+    return int(value) if value and value.strip().isdigit() else 1
+
+
 def choose_wait(environ: MutableMapping[str, str] = os.environ) -> str:
     """Set the wait policy in ``environ`` unless it is set already; return what was done and why."""
     if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
         return "OpenMP wait policy left as the environment sets it"
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    if any(int(environ.get(k, "1") or "1") > 1 for k in ("WORLD_SIZE", "SLURM_NTASKS")):
+    if any(_count(environ.get(k)) > 1 for k in ("WORLD_SIZE", "SLURM_NTASKS")):
         return "OpenMP workers sleep when idle (OMP_WAIT_POLICY=PASSIVE): several ranks share this machine"
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     idle = idle_cores(cpus)

@@ -40,6 +40,12 @@ def test_several_ranks_sleep_without_measuring(monkeypatch):
         assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in env
 
 
+def test_unreadable_rank_counts_count_as_one(monkeypatch):
+    monkeypatch.setattr(omp_wait, "idle_cores", lambda cpus: None)
+    for env in ({"WORLD_SIZE": ""}, {"SLURM_NTASKS": "2(x2)"}, {"WORLD_SIZE": "1"}):
+        assert "CPU load unknown" in omp_wait.choose_wait(env)  # measured, not taken for several ranks
+
+
 def test_idle_cores_sees_a_busy_process():
     """/proc/stat's idle time over the sample: a process spinning on one of our cores takes about
     one core away (bounds wide enough for a noisy machine)."""
